@@ -1,0 +1,385 @@
+"""Full-integer TFLite export of a tfquant QAT model, and the check that proves it exact.
+
+Export recipe (verified on this stack, see DESIGN.md): copy the model, write every kernel's
+hard-quantized values into the copy, switch the copy's tfquant quantizers to export mode
+(kernel constant -> one FakeQuant over a range whose grid holds every trained value) and
+convert with a representative dataset. Per-layer codebooks need the converter's per-channel
+requantization disabled; per-channel codebooks keep it.
+"""
+
+import dataclasses
+import os
+import tempfile
+import warnings
+
+import numpy as np
+import tensorflow_model_optimization as tfmot
+
+from tfquant._keras import check_keras2_model, keras, quantized_activations, quantized_weights, tf
+from tfquant.quantizers.base import TfquantQuantizer
+
+_KERNEL_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+# Ops that move or reinterpret int8 data without arithmetic on floats.
+_INTEGER_TYPES = (np.int8, np.uint8, np.int16, np.int32, np.int64, np.bool_)
+
+
+class ExportCheckError(AssertionError):
+    """`check_tflite` found a float op, a kernel off the codebook, or a disagreement."""
+
+
+def _tfquant_weights(model):
+    return [e for e in quantized_weights(model) if isinstance(e[2], TfquantQuantizer)]
+
+
+def _check_representative(data, model):
+    if isinstance(data, tf.data.Dataset):
+        raise TypeError(
+            "representative_data must be a NumPy array of model inputs (take a slice, e.g. "
+            "x_train[:100]). Received: a tf.data.Dataset"
+        )
+    try:
+        data = np.asarray(data, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"representative_data must be a float array. Received: {type(data).__name__}"
+        ) from error
+    expected = tuple(model.input_shape[1:])
+    if data.ndim == 0 or data.shape[0] == 0:
+        raise ValueError(
+            f"representative_data must hold at least one sample. Received: shape {data.shape}"
+        )
+    if tuple(data.shape[1:]) != expected:
+        raise ValueError(
+            f"representative_data must have shape (N, {', '.join(map(str, expected))}) to "
+            f"match the model input. Received: shape {data.shape}"
+        )
+    if not np.all(np.isfinite(data)):
+        raise ValueError("representative_data must be finite. Received: NaN or Inf values")
+    return data
+
+
+def _granularity(entries):
+    per_channel = {bool(q.per_channel) for _, _, q, _ in entries}
+    if len(per_channel) > 1:
+        layers = {
+            w.name: ("per-channel" if q.per_channel else "per-layer") for w, _, q, _ in entries
+        }
+        raise ValueError(
+            "to_tflite needs all tfquant weight quantizers of a model to be either per-layer "
+            "or per-channel (the converter has one setting for both). Received: "
+            f"{layers}"
+        )
+    return per_channel.pop()
+
+
+def _short_name(variable):
+    return variable.name.split("/")[-1].split(":")[0]
+
+
+def _copy_weights(source, target):
+    """Copies weights layer by layer, matched by variable name (creation order can differ)."""
+    for source_layer, target_layer in zip(source.layers, target.layers, strict=True):
+        targets = {_short_name(v): v for v in target_layer.weights}
+        for variable in source_layer.weights:
+            targets[_short_name(variable)].assign(variable)
+
+
+def export_copy(qmodel, int4=False):
+    """The model the converter sees: a copy whose kernels hold the hard-quantized values and
+    whose tfquant quantizers are in export mode. Returns `(copy, int4_layers)`."""
+    with tfmot.quantization.keras.quantize_scope():
+        copy = keras.models.clone_model(qmodel)
+    _copy_weights(qmodel, copy)
+    int4_layers = []
+    for wrapper, weight, quantizer, quantizer_vars in _tfquant_weights(copy):
+        weight.assign(quantizer.hard_quantize(weight, quantizer_vars))
+        bits = 8
+        if int4:
+            if quantizer.export_exact(weight, quantizer_vars, bits=4):
+                bits = 4
+                int4_layers.append(wrapper.name)
+            else:
+                warnings.warn(
+                    f"Layer {wrapper.name!r}: its codebook is not on a 4-bit grid, so it is "
+                    "exported as int8 (exact) instead of INT4.",
+                    stacklevel=3,
+                )
+        quantizer.prepare_export(weight, quantizer_vars, bits)
+    for _, quantizer, quantizer_vars in quantized_activations(copy):
+        if isinstance(quantizer, TfquantQuantizer):
+            quantizer.prepare_export(None, quantizer_vars)
+    return copy, int4_layers
+
+
+def to_tflite(qmodel, representative_data, int4=False, int8_io=True):
+    """Converts a tfquant QAT model to a full-integer TFLite flatbuffer.
+
+    Every kernel is stored as int8 codes whose dequantized values are exactly the trained
+    codebook values (check it with `check_tflite`); activations are int8 with the ranges the
+    QAT model learned. `qmodel` itself is not modified.
+
+    Args:
+      qmodel: a model from `tfq.quantize_model` (trained or not).
+      representative_data: float array of inputs, shape (N, *input_shape), N >= 1 (a few
+        hundred samples are plenty); the converter requires it for full-integer models.
+      int4: store kernels whose codebook lies on a 4-bit grid (ternary, uniform <= 4 bits) as
+        INT4 (about half the file); others stay int8 with a warning. INT4 is for size, not
+        speed, and not for the Edge TPU.
+      int8_io: int8 model input and output (default); False keeps float32 input/output with
+        quantize/dequantize ops at the edges.
+
+    Returns:
+      The .tflite flatbuffer as bytes.
+
+    Raises:
+      TypeError / ValueError: not a tfquant QAT model, or bad `representative_data`.
+    """
+    check_keras2_model(qmodel, "qmodel")
+    entries = _tfquant_weights(qmodel)
+    if not entries:
+        raise ValueError(
+            "qmodel must be a model returned by tfq.quantize_model. Received: a model with no "
+            "tfquant quantizer"
+        )
+    data = _check_representative(representative_data, qmodel)
+    per_channel = _granularity(entries)
+    copy, _ = export_copy(qmodel, int4=int4)
+
+    def representative_dataset():
+        for sample in data[: min(len(data), 500)]:
+            yield [sample[None]]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(copy)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative_dataset
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if int8_io:
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    if not per_channel:
+        # Otherwise the converter re-quantizes every kernel per output channel and the
+        # per-layer codebook is lost (DESIGN.md, "Facts").
+        converter._experimental_disable_per_channel = True
+    return converter.convert()
+
+
+def write_atomic(data, path):
+    """Writes bytes to `path` through a temporary file and a rename: never half a file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=directory, suffix=".partial")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+@dataclasses.dataclass
+class KernelCheck:
+    """One quantized Keras kernel matched to its TFLite tensor."""
+
+    layer: str
+    tflite_tensor: str
+    shape: tuple
+    codes: int  # distinct integer codes in the flatbuffer tensor
+    codebook_size: int
+    max_abs_error: float  # |dequantized TFLite value - trained value|, max over the tensor
+    exact: bool
+
+
+@dataclasses.dataclass
+class TfliteReport:
+    """What `check_tflite` measured. `ok` is True when every check passed."""
+
+    ops: list
+    float_ops: list
+    kernels: list
+    unmatched_layers: list
+    samples: int
+    agreement: float
+    keras_accuracy: float | None
+    tflite_accuracy: float | None
+
+    @property
+    def ok(self):
+        return (
+            not self.float_ops and not self.unmatched_layers and all(k.exact for k in self.kernels)
+        )
+
+    def failures(self):
+        out = []
+        if self.float_ops:
+            out.append(f"float compute ops: {self.float_ops}")
+        if self.unmatched_layers:
+            out.append(f"kernels not found in the flatbuffer: {self.unmatched_layers}")
+        out += [
+            f"kernel of {k.layer} off its codebook (max error {k.max_abs_error:.3g})"
+            for k in self.kernels
+            if not k.exact
+        ]
+        return out
+
+
+def _tflite_layout(kernel, quantizer):
+    """Keras kernel -> the layout TFLite stores it in."""
+    if quantizer._depthwise:  # [h, w, in, mult] -> [1, h, w, in*mult]
+        h, w = kernel.shape[:2]
+        return kernel.reshape(1, h, w, -1)
+    if kernel.ndim == 4:  # Conv2D [h, w, in, out] -> [out, h, w, in]
+        return kernel.transpose(3, 0, 1, 2)
+    return kernel.T  # Dense [in, out] -> [out, in]
+
+
+def _interpreter(tfl):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    if not isinstance(tfl, (bytes, bytearray)):
+        raise TypeError(f"tfl must be the bytes of a .tflite model. Received: {type(tfl).__name__}")
+    try:
+        # Without the default XNNPACK delegate, so the op list is the model's own ops.
+        interpreter = Interpreter(
+            model_content=bytes(tfl),
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as error:
+        raise ValueError(f"tfl is not a valid TFLite flatbuffer: {error}") from error
+    return interpreter
+
+
+def _dequantized(interpreter, detail):
+    values = interpreter.get_tensor(detail["index"]).astype(np.float64)
+    params = detail["quantization_parameters"]
+    scales, zeros = params["scales"], params["zero_points"]
+    if scales.size == 0:
+        return values, values
+    axis = params["quantized_dimension"]
+    shape = [1] * values.ndim
+    if scales.size > 1:
+        shape[axis] = -1
+    codes = values - zeros.reshape(shape)
+    return codes * scales.reshape(shape), codes
+
+
+def run_tflite(tfl, inputs, interpreter=None):
+    """Runs a single-input TFLite model on `inputs` (float) sample by sample; float outputs."""
+    interpreter = interpreter or _interpreter(tfl)
+    (input_detail,) = interpreter.get_input_details()
+    (output_detail,) = interpreter.get_output_details()
+    in_scale, in_zero = input_detail["quantization"]
+    out_scale, out_zero = output_detail["quantization"]
+    outputs = []
+    for sample in np.asarray(inputs, np.float32):
+        value = sample[None]
+        if input_detail["dtype"] != np.float32:
+            info = np.iinfo(input_detail["dtype"])
+            value = np.clip(np.round(value / in_scale + in_zero), info.min, info.max)
+        interpreter.set_tensor(input_detail["index"], value.astype(input_detail["dtype"]))
+        interpreter.invoke()
+        result = interpreter.get_tensor(output_detail["index"])[0].astype(np.float32)
+        if output_detail["dtype"] != np.float32:
+            result = (result - out_zero) * out_scale
+        outputs.append(result)
+    return np.stack(outputs)
+
+
+def check_tflite(tfl, qmodel, data=None, labels=None, strict=True, min_agreement=0.99):
+    """Proves that `tfl` is the integer version of `qmodel`.
+
+    Checks: (1) every op computes on integer tensors (float tensors only as constants or at
+    float model edges through QUANTIZE/DEQUANTIZE); (2) every tfquant kernel of `qmodel` is
+    found in the flatbuffer, and its dequantized int8 values equal the trained hard-quantized
+    kernel element by element (so the kernel is a subset of the codebook); (3) on `data`,
+    TFLite's predicted classes agree with Keras on at least `min_agreement` of the samples.
+
+    Args:
+      tfl: bytes from `to_tflite`.
+      qmodel: the QAT model it was exported from.
+      data: optional float inputs for the agreement check.
+      labels: optional integer labels for `data` (adds both accuracies to the report).
+      strict: raise `ExportCheckError` on any failure (default); False only reports.
+      min_agreement: required fraction of samples with the same argmax.
+
+    Returns:
+      `TfliteReport`.
+    """
+    interpreter = _interpreter(tfl)
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()
+    op_names, float_ops, kernel_tensors = [], [], []
+    for op in ops:
+        name = op["op_name"]
+        op_names.append(name)
+        inputs = [i for i in op["inputs"] if i >= 0]
+        outputs = list(op["outputs"])
+        if name in _KERNEL_OPS and len(inputs) > 1:
+            kernel_tensors.append(details[inputs[1]])
+        if name in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        if any(details[i]["dtype"] == np.float32 for i in inputs + outputs):
+            float_ops.append(name)
+
+    kernels, unmatched = [], []
+    used = set()
+    for wrapper, weight, quantizer, quantizer_vars in _tfquant_weights(qmodel):
+        expected = _tflite_layout(
+            np.asarray(quantizer.hard_quantize(weight, quantizer_vars), np.float64), quantizer
+        )
+        step = float(np.min(np.asarray(quantizer.grid_step(weight, quantizer_vars)))) or 1.0
+        match = None
+        for detail in kernel_tensors:
+            if detail["index"] in used or tuple(detail["shape"]) != expected.shape:
+                continue
+            values, codes = _dequantized(interpreter, detail)
+            error = float(np.max(np.abs(values - expected))) if expected.size else 0.0
+            if error <= 1e-3 * step + 1e-7 or match is None or error < match[1]:
+                match = (detail, error, codes)
+        if match is None:
+            unmatched.append(wrapper.name)
+            continue
+        detail, error, codes = match
+        used.add(detail["index"])
+        kernels.append(
+            KernelCheck(
+                layer=wrapper.name,
+                tflite_tensor=detail["name"],
+                shape=tuple(int(s) for s in detail["shape"]),
+                codes=int(np.unique(codes).size),
+                codebook_size=int(quantizer.levels),
+                max_abs_error=error,
+                exact=error <= 1e-3 * step + 1e-7,
+            )
+        )
+
+    agreement, keras_accuracy, tflite_accuracy, samples = 1.0, None, None, 0
+    if data is not None:
+        data = _check_representative(data, qmodel)
+        samples = len(data)
+        keras_out = qmodel.predict(data, verbose=0, batch_size=256)
+        tflite_out = run_tflite(tfl, data)
+        keras_pred, tflite_pred = keras_out.argmax(-1), tflite_out.argmax(-1)
+        agreement = float(np.mean(keras_pred == tflite_pred))
+        if labels is not None:
+            labels = np.asarray(labels).ravel()
+            keras_accuracy = float(np.mean(keras_pred == labels))
+            tflite_accuracy = float(np.mean(tflite_pred == labels))
+
+    report = TfliteReport(
+        ops=op_names,
+        float_ops=float_ops,
+        kernels=kernels,
+        unmatched_layers=unmatched,
+        samples=samples,
+        agreement=agreement,
+        keras_accuracy=keras_accuracy,
+        tflite_accuracy=tflite_accuracy,
+    )
+    failures = report.failures()
+    if data is not None and agreement < min_agreement:
+        failures.append(f"TFLite agrees with Keras on {agreement:.2%} < {min_agreement:.0%}")
+    if strict and failures:
+        raise ExportCheckError("; ".join(failures))
+    return report

@@ -1,0 +1,98 @@
+"""`LayerQuantizeConfig`: puts a tfquant weight quantizer on the kernel of a Conv2D,
+DepthwiseConv2D or Dense layer and an activation quantizer on its activation, the same
+split as tfmot's `Default8BitQuantizeConfig`.
+"""
+
+import tensorflow_model_optimization as tfmot
+
+from tfquant._keras import keras
+
+_WEIGHT_ATTRIBUTE = {
+    keras.layers.Conv2D: "kernel",
+    keras.layers.DepthwiseConv2D: "depthwise_kernel",
+    keras.layers.Dense: "kernel",
+}
+
+
+def supported_weight_attribute(layer):
+    """The quantized weight attribute of `layer`, or None if tfquant does not quantize it.
+
+    Exact types only: subclasses such as Conv2DTranspose or SeparableConv2D are not supported.
+    """
+    return _WEIGHT_ATTRIBUTE.get(type(layer))
+
+
+def default_activation_quantizer():
+    """tfmot's 8-bit moving-average activation quantizer (asymmetric, per tensor)."""
+    return tfmot.quantization.keras.quantizers.MovingAverageQuantizer(
+        num_bits=8, per_axis=False, symmetric=False, narrow_range=False
+    )
+
+
+@keras.utils.register_keras_serializable(package="tfquant")
+class LayerQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
+    """Quantizes one weight of a layer with `weight_quantizer` and its activation.
+
+    Args:
+      weight_attribute: the layer attribute holding the kernel ("kernel" or
+        "depthwise_kernel").
+      weight_quantizer: a tfmot `Quantizer` (usually a tfquant one).
+      activation_quantizer: quantizer for the layer's activation output, or None for tfmot's
+        8-bit moving-average quantizer.
+
+    Example:
+      >>> from tfquant.quantizers import UniformQuantizer
+      >>> config = LayerQuantizeConfig("kernel", UniformQuantizer(bits=4))
+      >>> LayerQuantizeConfig.from_config(config.get_config()) == config
+      True
+    """
+
+    def __init__(self, weight_attribute, weight_quantizer, activation_quantizer=None):
+        self.weight_attribute = weight_attribute
+        self.weight_quantizer = weight_quantizer
+        self.activation_quantizer = activation_quantizer or default_activation_quantizer()
+
+    def get_weights_and_quantizers(self, layer):
+        return [(getattr(layer, self.weight_attribute), self.weight_quantizer)]
+
+    def get_activations_and_quantizers(self, layer):
+        return [(layer.activation, self.activation_quantizer)]
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        (weight,) = quantize_weights
+        setattr(layer, self.weight_attribute, weight)
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        (activation,) = quantize_activations
+        layer.activation = activation
+
+    def get_output_quantizers(self, layer):
+        return []
+
+    def get_config(self):
+        serialize = keras.utils.serialize_keras_object
+        return {
+            "weight_attribute": self.weight_attribute,
+            "weight_quantizer": serialize(self.weight_quantizer),
+            "activation_quantizer": serialize(self.activation_quantizer),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        deserialize = keras.utils.deserialize_keras_object
+        config = dict(config)
+        with tfmot.quantization.keras.quantize_scope():
+            for key in ("weight_quantizer", "activation_quantizer"):
+                config[key] = deserialize(config[key])
+        return cls(**config)
+
+    def __eq__(self, other):
+        return (
+            isinstance(other, LayerQuantizeConfig)
+            and self.weight_attribute == other.weight_attribute
+            and self.weight_quantizer == other.weight_quantizer
+            and self.activation_quantizer == other.activation_quantizer
+        )
+
+    def __ne__(self, other):
+        return not self.__eq__(other)

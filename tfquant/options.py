@@ -1,0 +1,53 @@
+"""String options as `(str, Enum)`: users write `"kmeans"`, typos get the list of valid names."""
+
+import enum
+
+
+class _Option(str, enum.Enum):
+    @classmethod
+    def parse(cls, value, argument):
+        """Returns the member named by `value` or raises a ValueError naming `argument`."""
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(str(value).lower()) if isinstance(value, str) else cls(value)
+        except ValueError:
+            valid = ", ".join(repr(m.value) for m in cls)
+            raise ValueError(
+                f"{argument} must be one of {valid}. Received: {argument}={value!r}"
+            ) from None
+
+    def __str__(self):
+        return self.value
+
+
+class Division(_Option):
+    """How a layer's weight range is divided into codebook centers (MPA seed 002, Sec. Division).
+
+    `kmeans`: exact optimal 1-D k-means (Eq. 9). `linear`: centers evenly spaced between 0 and
+    the mean of |min| and |max|, mirrored. `exponential`: the same maximum, halved repeatedly.
+    """
+
+    KMEANS = "kmeans"
+    LINEAR = "linear"
+    EXPONENTIAL = "exponential"
+
+
+class Mode(_Option):
+    """How a multivalued quantizer treats weights that are not frozen.
+
+    `snap`: every weight snaps to its nearest center (naive quantization, the baseline).
+    `masked`: only weights in the frozen mask snap; the others pass through in full precision
+    (used by the schedules, which grow the mask).
+    """
+
+    SNAP = "snap"
+    MASKED = "masked"
+
+
+class TernaryMethod(_Option):
+    """Ternary method: `twn` (Ternary Weight Networks, Li et al.) or `ttq` (Trained Ternary
+    Quantization, Zhu et al.)."""
+
+    TWN = "twn"
+    TTQ = "ttq"

@@ -1,0 +1,159 @@
+"""`quantize_model`, `quantize_apply` and `quantize_annotate_layer`: tfmot's QAT entry points
+with a tfquant scheme, input checks that leave the user's model untouched, and codebook
+initialization from the trained weights.
+"""
+
+import numpy as np
+import tensorflow_model_optimization as tfmot
+
+from tfquant._keras import check_keras2_model, is_annotated, keras, quantized_weights
+from tfquant.configs.layer import supported_weight_attribute
+from tfquant.quantizers.base import TfquantQuantizer
+from tfquant.schemes import BoundScheme, Scheme
+
+_SUPPORTED = "Conv2D, DepthwiseConv2D, Dense"
+
+
+def _check_scheme(scheme):
+    if not isinstance(scheme, Scheme):
+        raise TypeError(
+            "scheme must be a tfquant scheme: tfq.schemes.Multivalued, Ternary, LearnedBasis "
+            f"or Uniform. Received: scheme={scheme!r}"
+        )
+
+
+def _check_finite(model):
+    for layer in model.layers:
+        for weight in layer.weights:
+            if weight.dtype.is_floating and not np.all(np.isfinite(weight.numpy())):
+                raise ValueError(
+                    f"model weights must be finite; layer {layer.name!r} has NaN or Inf in "
+                    f"{weight.name!r}. Received: non-finite weights"
+                )
+
+
+def _unwrap(layer):
+    return getattr(layer, "layer", layer)
+
+
+def _quantizable_layers(model):
+    return [layer for layer in model.layers if supported_weight_attribute(_unwrap(layer))]
+
+
+def _check_graph_model(model):
+    if not (isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)):
+        raise ValueError(
+            "model must be a Sequential or functional Keras model (tfmot cannot quantize "
+            f"subclassed models). Received: model of type {type(model).__name__}"
+        )
+
+
+def initialize_quantizers(qmodel):
+    """Places every tfquant quantizer's codebook from its layer's current kernel."""
+    for _, weight, quantizer, quantizer_vars in quantized_weights(qmodel):
+        if isinstance(quantizer, TfquantQuantizer):
+            quantizer.initialize(weight.numpy(), quantizer_vars)
+
+
+def quantize_apply(model, scheme):
+    """Quantizes the annotated layers of `model` (see `quantize_annotate_layer`) with `scheme`.
+
+    Args:
+      model: a Keras 2 model whose layers to quantize are wrapped by
+        `quantize_annotate_layer` (or tfmot's `quantize_annotate_layer`/`_model`).
+      scheme: a `tfq.schemes` scheme; it also quantizes annotated layers that carry no config.
+
+    Returns:
+      A new QAT model; `model` is not modified.
+    """
+    check_keras2_model(model)
+    _check_scheme(scheme)
+    _check_graph_model(model)
+    _check_finite(model)
+    eight_bit = []
+    if scheme.keep_first_last_8bit:
+        layers = _quantizable_layers(model)
+        eight_bit = sorted({_unwrap(layers[0]).name, _unwrap(layers[-1]).name}) if layers else []
+    with tfmot.quantization.keras.quantize_scope():
+        qmodel = tfmot.quantization.keras.quantize_apply(model, BoundScheme(scheme, eight_bit))
+    initialize_quantizers(qmodel)
+    return qmodel
+
+
+def quantize_model(model, scheme):
+    """Returns a quantization-aware copy of `model` that trains with `scheme`'s quantizers.
+
+    Every Conv2D, DepthwiseConv2D and Dense kernel gets the scheme's quantizer (whose codebook
+    is placed from the trained weights now); other layers are handled exactly as by tfmot's
+    8-bit `quantize_model` (BatchNorm patterns, activations, Add, pooling). If some layers of
+    `model` are already annotated with `quantize_annotate_layer`, only those are quantized.
+
+    Args:
+      model: a built Sequential or functional `tfq.keras` model.
+      scheme: a `tfq.schemes` scheme.
+
+    Returns:
+      A new Keras model; `model` is not modified. Compile and `fit` it as usual.
+
+    Raises:
+      TypeError: Keras 3 model, not a model, or not a tfquant scheme.
+      ValueError: unbuilt or subclassed model, no quantizable layer, non-finite weights.
+
+    Example:
+      >>> import tfquant as tfq
+      >>> model = tfq.keras.Sequential([tfq.keras.Input((4,)), tfq.keras.layers.Dense(3)])
+      >>> qmodel = tfq.quantize_model(model, tfq.schemes.Ternary())
+      >>> [layer.name for layer in qmodel.layers]
+      ['quantize_layer', 'quant_dense']
+    """
+    check_keras2_model(model)
+    _check_scheme(scheme)
+    _check_graph_model(model)
+    if not _quantizable_layers(model):
+        raise ValueError(
+            f"model has no layer tfquant can quantize ({_SUPPORTED}). "
+            f"Received: layers {[type(layer).__name__ for layer in model.layers]}"
+        )
+    already_annotated = any(is_annotated(layer) for layer in model.layers)
+    annotated = model if already_annotated else _annotate_all(model)
+    return quantize_apply(annotated, scheme)
+
+
+def _annotate_all(model):
+    registry = tfmot.quantization.keras.default_8bit.Default8BitQuantizeRegistry()
+
+    def annotate(layer):
+        if isinstance(layer, keras.layers.InputLayer):
+            return layer.__class__.from_config(layer.get_config())
+        if supported_weight_attribute(layer) or registry.supports(layer):
+            return tfmot.quantization.keras.quantize_annotate_layer(layer)
+        return layer
+
+    return keras.models.clone_model(model, clone_function=annotate)
+
+
+def quantize_annotate_layer(layer, scheme):
+    """Marks one Conv2D, DepthwiseConv2D or Dense layer to be quantized with `scheme`.
+
+    Use it while building a model to quantize only some layers, then call `quantize_model`
+    (or `quantize_apply`) on the model.
+
+    Args:
+      layer: a `tfq.keras` Conv2D, DepthwiseConv2D or Dense layer.
+      scheme: a `tfq.schemes` scheme.
+
+    Returns:
+      The layer wrapped in tfmot's `QuantizeAnnotate` with this scheme's config.
+
+    Raises:
+      ValueError: `layer` is of a type tfquant does not quantize (named in the message).
+    """
+    _check_scheme(scheme)
+    if not isinstance(layer, keras.layers.Layer):
+        raise TypeError(f"layer must be a tfq.keras layer. Received: layer={layer!r}")
+    if supported_weight_attribute(layer) is None:
+        raise ValueError(
+            f"layer must be one of {_SUPPORTED}. Received: layer {layer.name!r} of type "
+            f"{type(layer).__name__}"
+        )
+    return tfmot.quantization.keras.quantize_annotate_layer(layer, scheme.config_for(layer))

@@ -1,0 +1,226 @@
+"""Shared machinery of tfquant quantizers: the tfmot `Quantizer` contract, straight-through
+rounding helpers, per-channel views and the export path (kernel constant -> one FakeQuant).
+
+A tfquant quantizer keeps all of its state in variables created in `build` and computes its
+output as a pure function of them. For export, `tfquant.export.to_tflite` copies the model,
+writes the hard-quantized values into the copy's kernels and switches the copy's quantizers to
+`export` mode, where the output is only `FakeQuant(kernel)` over a range whose int8 grid holds
+every trained value (see `grid_step`), so the converter stores the trained values exactly.
+"""
+
+import numpy as np
+import tensorflow_model_optimization as tfmot
+
+from tfquant._keras import keras, tf
+
+_LEVELS_IN_INT8 = 127  # narrow-range int8 codes are -127..127
+
+
+def export_codes(bits):
+    """Largest narrow-range integer code for a `bits`-bit export (8 -> 127, 4 -> 7)."""
+    return 2 ** (bits - 1) - 1
+
+
+def channel_scale_view(kernel, quantizer):
+    """[N, C] view of `kernel`, C = output channels if per-channel, else 1."""
+    if quantizer.per_channel:
+        return quantizer.channel_view(kernel)
+    return tf.reshape(kernel, [-1, 1])
+
+
+def straight_through(inputs, quantized):
+    """Returns `quantized` exactly in the forward pass and the identity gradient to `inputs`.
+
+    (`inputs + stop_gradient(quantized - inputs)` would be off the codebook by rounding.)
+    """
+    return tf.stop_gradient(quantized) + (inputs - tf.stop_gradient(inputs))
+
+
+def nearest_level(values, levels):
+    """Maps every entry of `values` to the nearest entry of the sorted 1-D `levels`.
+
+    Args:
+      values: float tensor of any shape.
+      levels: sorted 1-D float tensor.
+
+    Returns:
+      `(quantized, index)`: the nearest levels (same shape as `values`) and their indices.
+    """
+    flat = tf.reshape(values, [-1])
+    midpoints = (levels[1:] + levels[:-1]) / 2.0
+    index = tf.searchsorted(midpoints, flat, side="left")
+    return tf.reshape(tf.gather(levels, index), tf.shape(values)), tf.reshape(
+        index, tf.shape(values)
+    )
+
+
+def nearest_level_per_channel(channel_values, levels):
+    """Per-channel `nearest_level`: `channel_values` is [N, C], `levels` is sorted [C, L].
+
+    Returns:
+      `(quantized [N, C], index [N, C])`.
+    """
+    by_channel = tf.transpose(channel_values)  # [C, N]
+    midpoints = (levels[:, 1:] + levels[:, :-1]) / 2.0
+    index = tf.searchsorted(midpoints, by_channel, side="left")
+    quantized = tf.gather(levels, index, batch_dims=1)
+    return tf.transpose(quantized), tf.transpose(index)
+
+
+def snap_to_grid(values, step):
+    """Rounds `values` to integer multiples of `step` (broadcasting), the int8 export grid."""
+    return tf.round(values / step) * step
+
+
+def safe_step(step):
+    """Replaces a zero grid step (an all-zero tensor or channel) by 1 so FakeQuant stays valid."""
+    return tf.where(step > 0, step, tf.ones_like(step))
+
+
+class TfquantQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
+    """Base class of tfquant weight quantizers (not used directly).
+
+    Subclasses implement `_build_vars`, `_quantize` (the training/inference forward with a
+    straight-through gradient), `hard_quantize` (every value on the codebook), `grid_step`
+    (the int8 export grid) and, if they need real weights to start from, `initialize`.
+    """
+
+    #: True if codebook and grid are per output channel.
+    per_channel = False
+    #: Allowed values per codebook (per channel for per-channel quantizers).
+    levels = None
+
+    def build(self, tensor_shape, name, layer):
+        inner = getattr(layer, "layer", layer)
+        self._depthwise = isinstance(inner, keras.layers.DepthwiseConv2D)
+        self._shape = tuple(tensor_shape) if tensor_shape is not None else None
+        self._export = False
+        self._export_bits = 8
+        return self._build_vars(tensor_shape, name, layer)
+
+    # -- shape helpers ---------------------------------------------------------------------
+    @property
+    def num_channels(self):
+        """Number of output channels of the kernel (depthwise: in_channels * multiplier)."""
+        if self._depthwise:
+            return int(self._shape[-2] * self._shape[-1])
+        return int(self._shape[-1])
+
+    def channel_view(self, kernel):
+        """Reshapes a kernel to [N, C] with C output channels (TFLite's channel order)."""
+        return tf.reshape(kernel, [-1, self.num_channels])
+
+    def from_channel_view(self, values):
+        return tf.reshape(values, self._shape)
+
+    # -- contract ----------------------------------------------------------------------------
+    def __call__(self, inputs, training, weights, **kwargs):
+        if getattr(self, "_export", False):
+            return self._export_fake_quant(inputs, weights)
+        return self._quantize(inputs, training, weights)
+
+    def prepare_export(self, kernel, weights, bits=8):
+        """Switches this quantizer to export mode with a constant grid for `kernel`.
+
+        In export mode the output is only FakeQuant(kernel) over +-codes * step, with the step
+        frozen now as a constant: the converter must see constant ranges (it does not reliably
+        fold computed ones).
+        """
+        codes = export_codes(bits)
+        self._export_step = np.asarray(safe_step(self.grid_step(kernel, weights, codes)))
+        self._export_bits = bits
+        self._export = True
+
+    def _export_fake_quant(self, inputs, weights):
+        """Kernel (already holding trained values) -> one FakeQuant whose grid holds them."""
+        codes = export_codes(self._export_bits)
+        bound = codes * tf.constant(self._export_step, tf.float32)
+        if self.per_channel and len(self._shape) == 2:
+            # Dense: a per-channel FakeQuant fails to convert ("tfl.transpose op has mismatched
+            # quantized axes"). Without one, the converter quantizes the kernel per output
+            # channel at max|w_c| / 127, which is exactly our grid when max|w_c| is a level.
+            return inputs
+        if self.per_channel:
+            # On the kernel itself (channels last): a reshape around the FakeQuant makes the
+            # converter reject the per-channel axis.
+            return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+                inputs, -bound, bound, num_bits=self._export_bits, narrow_range=True
+            )
+        return tf.quantization.fake_quant_with_min_max_vars(
+            inputs, -bound, bound, num_bits=self._export_bits, narrow_range=True
+        )
+
+    def initialize(self, kernel, weights):
+        """Sets the quantizer's state from the layer's current (float) kernel. Default: none."""
+        del kernel, weights
+
+    def hard_quantize(self, kernel, weights):
+        """Returns the kernel with every value replaced by its codebook value."""
+        raise NotImplementedError
+
+    def grid_step(self, kernel, weights, codes=_LEVELS_IN_INT8):
+        """The export grid step (scalar, or [C] if `per_channel`) for codes in [-codes, codes].
+
+        For `codes=127` (int8) every value `hard_quantize` produces is an integer multiple of
+        the step with |multiple| <= 127; `export_exact` tells whether that holds for fewer codes.
+        """
+        raise NotImplementedError
+
+    def codebook(self, kernel, weights):
+        """The allowed values: a sorted 1-D array, or a list of them (one per channel)."""
+        quantized = np.asarray(self.hard_quantize(tf.convert_to_tensor(kernel), weights))
+        if self.per_channel:
+            view = quantized.reshape(-1, self.num_channels)
+            return [np.unique(view[:, c]) for c in range(view.shape[1])]
+        return np.unique(quantized)
+
+    def export_exact(self, kernel, weights, bits=8):
+        """True if the hard-quantized kernel lies exactly on the `bits`-bit export grid."""
+        codes = export_codes(bits)
+        step = np.asarray(safe_step(self.grid_step(kernel, weights, codes)), dtype=np.float64)
+        quantized = np.asarray(self.hard_quantize(kernel, weights), dtype=np.float64)
+        if self.per_channel:
+            quantized = quantized.reshape(-1, self.num_channels)
+        scaled = quantized / step
+        on_grid = np.abs(scaled - np.round(scaled)) <= 1e-3
+        return bool(np.all(on_grid) and np.all(np.abs(np.round(scaled)) <= codes))
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    def __hash__(self):
+        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def check_int(name, value, low, high):
+    """Validates an integer argument in [low, high] with a Keras-style message."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer in [{low}, {high}]. Received: {name}={value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}]. Received: {name}={value}")
+    return int(value)
+
+
+def check_float(name, value, low, high, low_open=True):
+    """Validates a float argument in (low, high] (or [low, high])."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a number. Received: {name}={value!r}")
+    value = float(value)
+    ok = (low < value if low_open else low <= value) and value <= high and np.isfinite(value)
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{name} must be in {bracket}{low}, {high}]. Received: {name}={value}")
+    return value
+
+
+def check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False. Received: {name}={value!r}")
+    return bool(value)

@@ -1,0 +1,121 @@
+"""`tfq.summary(qmodel)`: per quantized weight, the codebook size, the distinct values the
+weights actually take, the frozen fraction, the entropy of the value distribution and sizes.
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+
+from tfquant._keras import quantized_weights
+from tfquant.quantizers.base import TfquantQuantizer
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSummary:
+    """One quantized weight tensor of a QAT model.
+
+    Attributes:
+      layer: layer name. quantizer: quantizer class name. weights: number of weights.
+      levels: allowed values per codebook (per channel for per-channel quantizers).
+      distinct: distinct values present in the hard-quantized weights (per-channel
+        quantizers: the most in any one channel).
+      frozen: fraction of weights frozen by a schedule (1.0 when every weight snaps).
+      entropy_bits: empirical entropy of the quantized values, bits per weight (per channel
+        codebooks: of the per-channel code indices, averaged).
+      fixed_bytes: size with fixed-length codes, ceil(log2(levels)) bits per weight, plus the
+        float32 codebook(s).
+      entropy_bytes: the entropy bound of the codes plus the codebook(s).
+    """
+
+    layer: str
+    quantizer: str
+    weights: int
+    levels: int
+    distinct: int
+    frozen: float
+    entropy_bits: float
+    fixed_bytes: int
+    entropy_bytes: int
+
+
+def entropy_bits(values):
+    """Empirical entropy (bits per symbol) of the values in `values`.
+
+    >>> entropy_bits(np.array([0.0, 0.0, 1.0, 1.0]))
+    1.0
+    """
+    _, counts = np.unique(np.asarray(values).ravel(), return_counts=True)
+    if counts.size <= 1:
+        return 0.0
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def _summarize(wrapper, weight, quantizer, quantizer_vars):
+    kernel = weight.numpy()
+    quantized = np.asarray(quantizer.hard_quantize(kernel, quantizer_vars))
+    levels = int(quantizer.levels)
+    if quantizer.per_channel:
+        view = quantized.reshape(-1, quantizer.num_channels)
+        distinct = max(np.unique(view[:, c]).size for c in range(view.shape[1]))
+        entropy = float(np.mean([entropy_bits(view[:, c]) for c in range(view.shape[1])]))
+        codebook_floats = view.shape[1] * levels
+    else:
+        distinct = np.unique(quantized).size
+        entropy = entropy_bits(quantized)
+        codebook_floats = levels
+    frozen = 1.0
+    if "frozen_mask" in quantizer_vars and getattr(quantizer, "mode", None) == "masked":
+        frozen = float(np.mean(quantizer_vars["frozen_mask"].numpy()))
+    index_bits = max(1, math.ceil(math.log2(max(levels, 2))))
+    return LayerSummary(
+        layer=wrapper.name,
+        quantizer=type(quantizer).__name__,
+        weights=int(kernel.size),
+        levels=levels,
+        distinct=int(distinct),
+        frozen=frozen,
+        entropy_bits=entropy,
+        fixed_bytes=math.ceil(kernel.size * index_bits / 8) + 4 * codebook_floats,
+        entropy_bytes=math.ceil(kernel.size * entropy / 8) + 4 * codebook_floats,
+    )
+
+
+def summary(qmodel, print_fn=print):
+    """Prints and returns one `LayerSummary` per tfquant-quantized weight of `qmodel`.
+
+    Args:
+      qmodel: a model returned by `tfq.quantize_model`.
+      print_fn: called with each line of the table; None prints nothing.
+
+    Returns:
+      list of `LayerSummary`.
+
+    Raises:
+      ValueError: `qmodel` has no tfquant quantizer.
+    """
+    rows = [
+        _summarize(*entry)
+        for entry in quantized_weights(qmodel)
+        if isinstance(entry[2], TfquantQuantizer)
+    ]
+    if not rows:
+        raise ValueError(
+            "qmodel must be a model returned by tfq.quantize_model. Received: a model with no "
+            "tfquant quantizer"
+        )
+    if print_fn is not None:
+        header = (
+            f"{'layer':<24}{'quantizer':<24}{'weights':>9}{'levels':>7}{'distinct':>9}"
+            f"{'frozen':>8}{'bits/w':>8}{'bytes':>9}{'entropy B':>10}"
+        )
+        print_fn(header)
+        print_fn("-" * len(header))
+        for r in rows:
+            print_fn(
+                f"{r.layer:<24}{r.quantizer:<24}{r.weights:>9}{r.levels:>7}{r.distinct:>9}"
+                f"{r.frozen:>8.1%}{r.entropy_bits:>8.3f}{r.fixed_bytes:>9}"
+                f"{r.entropy_bytes:>10}"
+            )
+    return rows
