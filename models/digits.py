@@ -8,7 +8,7 @@ def digits_cnn(seed=0):
 
     Example:
       >>> digits_cnn().count_params()
-      79066
+      38282
     """
     keras.utils.set_random_seed(seed)
     layers = keras.layers

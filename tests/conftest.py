@@ -38,5 +38,15 @@ def build_quantizer(quantizer, shape, depthwise=False):
     return variables
 
 
+def _named_weights(model):
+    return {
+        (layer.name, w.name.split("/")[-1]): w.numpy()
+        for layer in model.layers
+        for w in layer.weights
+    }
+
+
 def weights_equal(a, b):
-    return all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights(), strict=True))
+    """Same weights layer by layer, matched by name (creation order may differ on reload)."""
+    first, second = _named_weights(a), _named_weights(b)
+    return first.keys() == second.keys() and all(np.array_equal(first[k], second[k]) for k in first)

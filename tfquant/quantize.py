@@ -103,8 +103,8 @@ def quantize_model(model, scheme):
       >>> import tfquant as tfq
       >>> model = tfq.keras.Sequential([tfq.keras.Input((4,)), tfq.keras.layers.Dense(3)])
       >>> qmodel = tfq.quantize_model(model, tfq.schemes.Ternary())
-      >>> [layer.name for layer in qmodel.layers]
-      ['quantize_layer', 'quant_dense']
+      >>> [type(layer).__name__ for layer in qmodel.layers]
+      ['QuantizeLayer', 'QuantizeWrapperV2']
     """
     check_keras2_model(model)
     _check_scheme(scheme)

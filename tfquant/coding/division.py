@@ -23,7 +23,7 @@ def divide(weights, levels, division="kmeans"):
       have fewer distinct values than `levels`.
 
     Example:
-      >>> divide(np.array([-1.0, -0.9, 0.0, 0.1, 1.0, 1.1]), 3).round(2).tolist()
+      >>> divide(np.array([-1.0, -0.9, 0.0, 0.1, 1.0, 1.1]), 3).astype(float).round(2).tolist()
       [-0.95, 0.05, 1.05]
     """
     division = Division.parse(division, "division")

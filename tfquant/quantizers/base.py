@@ -191,8 +191,9 @@ class TfquantQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
     def __ne__(self, other):
         return not self.__eq__(other)
 
-    def __hash__(self):
-        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
+    # Unhashable, like tfmot's quantizers: Keras' shared-object tracking during SavedModel
+    # save keys objects by hash, and equal configs must not merge two layers' quantizers.
+    __hash__ = None
 
     @classmethod
     def from_config(cls, config):

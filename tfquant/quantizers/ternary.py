@@ -24,7 +24,7 @@ def twn(view, threshold_factor=0.7):
       `(quantized [N, C], scale [C])` with quantized in {-scale, 0, scale}.
 
     >>> q, a = twn(tf.constant([[-1.0], [0.05], [0.9], [0.1]]))
-    >>> q.numpy().ravel().round(3).tolist(), a.numpy().round(3).tolist()
+    >>> q.numpy().ravel().astype(float).round(3).tolist(), a.numpy().astype(float).round(3).tolist()
     ([-0.95, 0.0, 0.95, 0.0], [0.95])
     """
     magnitude = tf.abs(view)

@@ -22,7 +22,7 @@ def uniform(view, bits):
     Returns:
       `(quantized [N, C], scale [C])`.
 
-    >>> q, s = uniform(tf.constant([[-1.0], [0.2], [0.5]]), bits=2)
+    >>> q, s = uniform(tf.constant([[-1.0], [0.2], [0.6]]), bits=2)
     >>> q.numpy().ravel().tolist(), s.numpy().tolist()
     ([-1.0, 0.0, 1.0], [1.0])
     """
