@@ -107,7 +107,7 @@ def test_bad_representative_data(qmodel, data, error, fragment):
     with pytest.raises(error) as info:
         export.to_tflite(qmodel, data)
     assert fragment in str(info.value)
-    assert all(np.array_equal(a, b) for a, b in zip(before, qmodel.get_weights()))
+    assert all(np.array_equal(a, b) for a, b in zip(before, qmodel.get_weights(), strict=True))
 
 
 def test_export_needs_a_tfquant_model(float_model, digits):

@@ -25,7 +25,7 @@ def trained(request, float_model, digits):
     (x, y), _ = digits
     before = [w.copy() for w in float_model.get_weights()]
     qmodel = compile_model(tfq.quantize_model(float_model, SCHEMES[request.param]()), 5e-4)
-    assert all(np.array_equal(a, b) for a, b in zip(before, float_model.get_weights()))
+    assert all(np.array_equal(a, b) for a, b in zip(before, float_model.get_weights(), strict=True))
     qmodel.fit(x, y, epochs=3, batch_size=32, verbose=0)
     return request.param, qmodel
 
