@@ -36,8 +36,33 @@ def straight_through(inputs, quantized):
     return tf.stop_gradient(quantized) + (inputs - tf.stop_gradient(inputs))
 
 
+_UNROLLED_MAX_LEVELS = 16
+
+
+def _nearest_unrolled(values, levels):
+    """Nearest level by one select per midpoint; `levels[..., j]` broadcasts against `values`.
+
+    Selecting (not summing level differences) keeps every output exactly a level.
+    """
+    count = levels.shape[-1]
+    quantized = tf.zeros_like(values) + levels[..., 0]
+    index = tf.zeros_like(values, dtype=tf.int32)
+    for j in range(count - 1):
+        above = values > (levels[..., j] + levels[..., j + 1]) / 2.0
+        quantized = tf.where(above, levels[..., j + 1] + tf.zeros_like(values), quantized)
+        index += tf.cast(above, tf.int32)
+    return quantized, index
+
+
+# XLA fuses the unrolled selects into one pass over the weights: ~5x faster than
+# searchsorted + gather on CPU for up to 16 levels (benchmarks/qat_overhead.py).
+_nearest_unrolled_xla = tf.function(_nearest_unrolled, jit_compile=True)
+
+
 def nearest_level(values, levels):
     """Maps every entry of `values` to the nearest entry of the sorted 1-D `levels`.
+
+    Ties go to the lower level (like `searchsorted(..., side="left")` on the midpoints).
 
     Args:
       values: float tensor of any shape.
@@ -46,6 +71,8 @@ def nearest_level(values, levels):
     Returns:
       `(quantized, index)`: the nearest levels (same shape as `values`) and their indices.
     """
+    if levels.shape[-1] is not None and levels.shape[-1] <= _UNROLLED_MAX_LEVELS:
+        return _nearest_unrolled_xla(values, levels)
     flat = tf.reshape(values, [-1])
     midpoints = (levels[1:] + levels[:-1]) / 2.0
     index = tf.searchsorted(midpoints, flat, side="left")
@@ -60,6 +87,8 @@ def nearest_level_per_channel(channel_values, levels):
     Returns:
       `(quantized [N, C], index [N, C])`.
     """
+    if levels.shape[-1] is not None and levels.shape[-1] <= _UNROLLED_MAX_LEVELS:
+        return _nearest_unrolled_xla(channel_values, levels)
     by_channel = tf.transpose(channel_values)  # [C, N]
     midpoints = (levels[:, 1:] + levels[:, :-1]) / 2.0
     index = tf.searchsorted(midpoints, by_channel, side="left")
