@@ -109,7 +109,12 @@ def test_annotated_layers_only(digits):
     assert len(rows) == 1 and rows[0].levels == 3
 
 
-def test_depthwise_and_batchnorm_model_exports(digits):
+@pytest.mark.parametrize(
+    "scheme",
+    [tfq.schemes.Multivalued(bits=3), tfq.schemes.Uniform(bits=4)],
+    ids=["per-layer", "per-channel"],
+)
+def test_depthwise_and_batchnorm_model_exports(digits, scheme):
     keras = tfq.keras
     (x, y), (x_test, y_test) = digits
     keras.utils.set_random_seed(3)
@@ -126,7 +131,7 @@ def test_depthwise_and_batchnorm_model_exports(digits):
         ]
     )
     compile_model(model, 3e-3).fit(x, y, epochs=15, batch_size=32, verbose=0)
-    qmodel = compile_model(tfq.quantize_model(model, tfq.schemes.Multivalued(bits=3)))
+    qmodel = compile_model(tfq.quantize_model(model, scheme))
     qmodel.fit(x, y, epochs=3, batch_size=32, verbose=0)
     tfl = export.to_tflite(qmodel, x[:50])
     report = export.check_tflite(tfl, qmodel, x_test, y_test, strict=False)

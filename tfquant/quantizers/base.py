@@ -164,10 +164,11 @@ class TfquantQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         """Kernel (already holding trained values) -> one FakeQuant whose grid holds them."""
         codes = export_codes(self._export_bits)
         bound = codes * tf.constant(self._export_step, tf.float32)
-        if self.per_channel and len(self._shape) == 2:
+        if self.per_channel and (len(self._shape) == 2 or self._depthwise):
             # Dense: a per-channel FakeQuant fails to convert ("tfl.transpose op has mismatched
-            # quantized axes"). Without one, the converter quantizes the kernel per output
-            # channel at max|w_c| / 127, which is exactly our grid when max|w_c| is a level.
+            # quantized axes"); DepthwiseConv2D: FakeQuant's channel axis (the multiplier) is
+            # not TFLite's (in * multiplier). Without one, the converter quantizes the kernel
+            # per output channel at max|w_c| / 127: exactly our grid when max|w_c| is a level.
             return inputs
         if self.per_channel:
             # On the kernel itself (channels last): a reshape around the FakeQuant makes the

@@ -35,6 +35,10 @@ def uniform(view, bits):
 class UniformQuantizer(TfquantQuantizer):
     """Symmetric uniform quantizer with 2**(bits-1) - 1 positive levels.
 
+    Levels are k * max|w| / (2**(bits-1) - 1). Exception, so that int8 export stays exact:
+    per-channel Dense and DepthwiseConv2D kernels below 8 bits round each level to the int8
+    grid max|w_c| / 127 that the converter uses for them (a shift of at most half an int8 step).
+
     Args:
       bits: width in [2, 8].
       per_channel: one scale per output channel (default) or one per layer.
@@ -57,19 +61,33 @@ class UniformQuantizer(TfquantQuantizer):
     def _build_vars(self, tensor_shape, name, layer):
         return {}
 
+    @property
+    def _on_converter_grid(self):
+        """Per-channel Dense / DepthwiseConv2D kernels are exported without a FakeQuant, so the
+        converter picks the grid max|w_c| / 127; levels must lie on it."""
+        return self.per_channel and self.bits < 8 and (len(self._shape) == 2 or self._depthwise)
+
     def _quantize(self, inputs, training, weights):
         return straight_through(inputs, self.hard_quantize(inputs, weights))
 
     def hard_quantize(self, kernel, weights):
         kernel = tf.convert_to_tensor(kernel)
-        quantized, _ = uniform(channel_scale_view(kernel, self), self.bits)
+        view = channel_scale_view(kernel, self)
+        quantized, _ = uniform(view, self.bits)
+        if self._on_converter_grid:
+            step = safe_step(tf.reduce_max(tf.abs(view), axis=0) / _LEVELS_IN_INT8)
+            quantized = tf.round(quantized / step) * step
         return tf.reshape(quantized, tf.shape(kernel))
 
     def grid_step(self, kernel, weights, codes=_LEVELS_IN_INT8):
-        _, scale = uniform(channel_scale_view(tf.convert_to_tensor(kernel), self), self.bits)
-        # The finest grid that still holds every level k*scale: scale / floor(codes / top).
+        view = channel_scale_view(tf.convert_to_tensor(kernel), self)
+        _, scale = uniform(view, self.bits)
         top_code = 2 ** (self.bits - 1) - 1
-        step = scale / max(codes // top_code, 1)
+        if self._on_converter_grid:
+            step = safe_step(tf.reduce_max(tf.abs(view), axis=0) / codes)
+        else:
+            # The finest grid that still holds every level k*scale: scale / floor(codes / top).
+            step = scale / max(codes // top_code, 1)
         return step if self.per_channel else step[0]
 
     def get_config(self):
