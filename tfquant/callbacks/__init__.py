@@ -1,7 +1,8 @@
 """Schedules: Keras callbacks that only assign quantizer variables between batches/epochs.
 
-The MPA / MVQ / SLQ / MLQ schedules land with the schedules issue; the quantizers already
-carry the variables (centers, frozen mask) they assign.
+`PhaseAdaptation` (MPA, seed 002). The MVQ / SLQ / MLQ schedules are in progress.
 """
 
-__all__ = []
+from tfquant.callbacks.phase_adaptation import PhaseAdaptation
+
+__all__ = ["PhaseAdaptation"]

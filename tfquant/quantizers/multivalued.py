@@ -50,14 +50,58 @@ def multivalued(kernel, centers, frozen_mask=None):
     return tf.where(frozen_mask > 0.5, tf.stop_gradient(snapped), kernel)
 
 
+_SCHEDULE_SCALARS = {
+    "initialized": 0.0,
+    "adapting_interval": -1.0,
+    "adaptation": 0.0,
+    "pull_strength": 0.0,
+    "schedule_step": 0.0,
+}
+
+
+def interval_bounds(centers, low, high):
+    """MPA Eq. 1: e_0 = min(w), e_k = max(w), e_j = (c_j + c_{j+1}) / 2 in between.
+
+    >>> interval_bounds(np.array([-1.0, 0.0, 2.0]), -3.0, 4.0).tolist()
+    [-3.0, -0.5, 1.0, 4.0]
+    """
+    centers = np.asarray(centers, np.float64)
+    inner = (centers[1:] + centers[:-1]) / 2.0
+    low = min(float(low), float(centers[0]))
+    high = max(float(high), float(centers[-1]))
+    return np.concatenate([[low], inner, [high]]).astype(np.float32)
+
+
+def adaptation_pull(kernel, weights):
+    """MPA Eq. 4 times λ: L1 distance of the free weights in the adapting interval to its center."""
+    count = weights["centers"].shape[0]
+    index = tf.cast(tf.clip_by_value(weights["adapting_interval"], 0, count - 1), tf.int32)
+    center = tf.gather(weights["centers"], index)
+    low = tf.gather(weights["interval_bounds"], index)
+    high = tf.gather(weights["interval_bounds"], index + 1)
+    inside = (kernel >= low) & (kernel <= high) & (weights["frozen_mask"] < 0.5)
+    distance = tf.reduce_sum(tf.where(inside, tf.abs(kernel - center), tf.zeros_like(kernel)))
+    active = tf.cast(weights["adapting_interval"] >= 0, kernel.dtype)
+    return active * weights["pull_strength"] * distance
+
+
 @keras.utils.register_keras_serializable(package="tfquant")
 class MultivaluedQuantizer(TfquantQuantizer):
     """Codebook quantizer with k = 2**bits (or `levels`) centers per layer.
 
     Variables (created in `build`): `centers` [k] sorted, on the int8 grid of max|center|;
-    `frozen_mask` (kernel shape, 1 = frozen at its center); `initialized` (0/1).
+    `frozen_mask` (kernel shape, 1 = frozen at its center); `initialized` (0/1); and the
+    schedule state that `tfq.callbacks` assign between batches, so that checkpoints and
+    SavedModel carry it: `interval_bounds` [k+1] (MPA Eq. 1: e_0 = min w, e_k = max w, the
+    rest midpoints), `interval_done` [k] (1 = interval quantized and frozen),
+    `adapting_interval` (index of the interval in adaptation, -1 = none), `adaptation`
+    (s of MPA Eq. 5), `pull_strength` (λ_i of MPA Eq. 12-13) and `schedule_step` (batches
+    the schedule has run).
+
+    In `masked` mode and training, the layer gets the L1 pull of MPA Eq. 4 as a loss:
+    λ · Σ |w - c| over the free weights inside the adapting interval [e_l, e_r].
     `tfq.quantize_model` calls `initialize` with the trained kernel to place the centers by the
-    division method; schedules later reassign centers and mask between batches.
+    division method.
 
     Args:
       bits: codebook size is 2**bits, in [1, 8]. Ignored when `levels` is given.
@@ -99,20 +143,55 @@ class MultivaluedQuantizer(TfquantQuantizer):
             trainable=False,
             aggregation=sync,
         )
-        initialized = layer.add_weight(
-            f"{name}_initialized", shape=(), initializer="zeros", trainable=False, aggregation=sync
+        variables = {"centers": centers, "frozen_mask": frozen_mask}
+
+        def scalar(key, value):
+            variables[key] = layer.add_weight(
+                f"{name}_{key}",
+                shape=(),
+                initializer=keras.initializers.Constant(value),
+                trainable=False,
+                aggregation=sync,
+            )
+
+        for key, value in _SCHEDULE_SCALARS.items():
+            scalar(key, value)
+        variables["interval_bounds"] = layer.add_weight(
+            f"{name}_interval_bounds",
+            shape=(self.levels + 1,),
+            initializer="zeros",
+            trainable=False,
+            aggregation=sync,
         )
-        return {"centers": centers, "frozen_mask": frozen_mask, "initialized": initialized}
+        variables["interval_done"] = layer.add_weight(
+            f"{name}_interval_done",
+            shape=(self.levels,),
+            initializer="zeros",
+            trainable=False,
+            aggregation=sync,
+        )
+        self._owner = layer
+        return variables
 
     def initialize(self, kernel, weights):
+        """Divides `kernel` into the codebook (Eq. 1 and 9) and resets all schedule state."""
+        kernel = np.asarray(kernel)
         centers = snap_centers(divide(kernel, self.levels, self.division))
         weights["centers"].assign(centers)
+        weights["interval_bounds"].assign(interval_bounds(centers, kernel.min(), kernel.max()))
+        weights["interval_done"].assign(np.zeros(self.levels, np.float32))
         weights["frozen_mask"].assign(tf.zeros_like(weights["frozen_mask"]))
+        for key, value in _SCHEDULE_SCALARS.items():
+            weights[key].assign(value)
         weights["initialized"].assign(1.0)
 
     def _quantize(self, inputs, training, weights):
-        mask = weights["frozen_mask"] if self.mode is Mode.MASKED else None
-        return multivalued(inputs, weights["centers"], mask)
+        if self.mode is not Mode.MASKED:
+            return multivalued(inputs, weights["centers"], None)
+        # Inside the traced train step only (Keras' `fit`); an eager call has no loss to join.
+        if training and tf.inside_function() and getattr(self, "_owner", None) is not None:
+            self._owner.add_loss(adaptation_pull(inputs, weights))
+        return multivalued(inputs, weights["centers"], weights["frozen_mask"])
 
     def hard_quantize(self, kernel, weights):
         return nearest_level(tf.convert_to_tensor(kernel), weights["centers"])[0]

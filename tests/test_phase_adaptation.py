@@ -1,0 +1,234 @@
+"""MPA schedule on digits: every weight ends on a center, masks only grow, Eq. 15 clipping
+holds after every batch, resume mid-phase gives identical results, bad arguments fail early."""
+
+import numpy as np
+import pytest
+
+import tfquant as tfq
+from tests.conftest import compile_model
+from tfquant._keras import quantized_weights, tf
+
+keras = tfq.keras
+
+
+def _subset(digits, n=256):
+    (x, y), _ = digits
+    return x[:n], y[:n]
+
+
+def _scheduled(float_model, bits=2, levels=None):
+    scheme = tfq.schemes.Multivalued(bits=bits, levels=levels, mode="masked")
+    return compile_model(tfq.quantize_model(float_model, scheme), 5e-4)
+
+
+def _states(model):
+    return [(w, s) for _, w, q, s in quantized_weights(model) if "centers" in s]
+
+
+class _Recorder(keras.callbacks.Callback):
+    """Checks the schedule's invariants after every batch (runs after the schedule)."""
+
+    def __init__(self):
+        super().__init__()
+        self.masks = None
+        self.batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+        masks = []
+        for kernel, state in _states(self.model):
+            mask = state["frozen_mask"].numpy() > 0.5
+            values = kernel.numpy()
+            centers = state["centers"].numpy()
+            assert np.all(np.isin(values[mask], centers)), "a frozen weight left its center"
+            done = state["interval_done"].numpy() > 0.5
+            bounds = state["interval_bounds"].numpy()
+            if not done.all() and (~mask).any():
+                low = bounds[:-1][~done].min()
+                high = bounds[1:][~done].max()
+                free = values[~mask]
+                assert free.min() >= low - 1e-6 and free.max() <= high + 1e-6  # Eq. 15
+            masks.append(mask)
+        if self.masks is not None:
+            for before, after in zip(self.masks, masks, strict=True):
+                assert np.all(after[before]), "a frozen weight thawed"
+        self.masks = masks
+
+
+@pytest.mark.parametrize("recluster", [False, True])
+def test_every_weight_ends_on_a_center(float_model, digits, recluster):
+    x, y = _subset(digits)
+    qmodel = _scheduled(float_model, bits=2)
+    schedule = tfq.callbacks.PhaseAdaptation(epochs_per_phase=1, recluster=recluster, verbose=0)
+    recorder = _Recorder()
+    epochs = schedule.epochs_needed(qmodel)
+    assert epochs == 4
+    history = qmodel.fit(
+        x, y, epochs=epochs, batch_size=64, verbose=0, callbacks=[schedule, recorder]
+    )
+    assert recorder.batches == 16
+    for kernel, state in _states(qmodel):
+        values = np.unique(kernel.numpy())
+        assert values.size <= 4
+        assert np.all(np.isin(values, state["centers"].numpy()))
+        assert np.all(state["frozen_mask"].numpy() == 1.0)
+        assert np.all(state["interval_done"].numpy() == 1.0)
+    assert history.history["quant_fc1/frozen_fraction"][-1] == 1.0
+    assert history.history["quant_fc1/frozen_fraction"][0] < 1.0
+
+
+def test_phases_follow_descending_magnitude(float_model, digits):
+    x, y = _subset(digits, 128)
+    qmodel = _scheduled(float_model, levels=3)
+    schedule = tfq.callbacks.PhaseAdaptation(epochs_per_phase=1, verbose=0)
+    (_, state), *_ = _states(qmodel)
+    centers = state["centers"].numpy()
+    finished = []
+    for _ in range(3):
+        before = state["interval_done"].numpy().copy()
+        qmodel.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[schedule])
+        finished.append(int(np.flatnonzero(state["interval_done"].numpy() - before)[0]))
+    magnitudes = np.abs(centers[finished])
+    assert np.all(np.diff(magnitudes) <= 0)
+
+
+def test_sequential_order_quantizes_one_layer_at_a_time(float_model, digits):
+    x, y = _subset(digits, 128)
+    qmodel = _scheduled(float_model, bits=1)
+    schedule = tfq.callbacks.PhaseAdaptation(
+        epochs_per_phase=1, order=["quant_logits"], update="epoch", verbose=0
+    )
+    assert schedule.epochs_needed(qmodel) == 8
+    qmodel.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[schedule])
+    frozen = {
+        wrapper.name: state["frozen_mask"].numpy().mean()
+        for wrapper, _, _, state in quantized_weights(qmodel)
+    }
+    assert frozen["quant_logits"] == 1.0
+    assert frozen["quant_conv1"] == 0.0
+
+
+def test_pull_loss_is_added_during_adaptation(float_model, digits):
+    x, y = _subset(digits, 64)
+    qmodel = _scheduled(float_model, bits=2)
+    for _, state in _states(qmodel):
+        state["adapting_interval"].assign(0.0)
+        state["pull_strength"].assign(1.0)
+    inference = qmodel.evaluate(x, y, verbose=0, batch_size=64)[0]
+    pulled = qmodel.train_on_batch(x, y)[0]
+    # the same batch and weights: training adds λ · Σ|w - c| > 0 on top of the data loss
+    assert pulled > inference + 0.01
+
+
+@pytest.fixture
+def deterministic_ops():
+    tf.config.experimental.enable_op_determinism()
+    yield
+    tf.config.experimental.disable_op_determinism()
+
+
+def test_resume_mid_phase_is_identical(float_model, digits, tmp_path, deterministic_ops):
+    x, y = _subset(digits, 192)
+
+    def run(interrupt_at=None, backup=None):
+        keras.utils.set_random_seed(7)
+        qmodel = _scheduled(float_model, bits=2)
+        callbacks = [tfq.callbacks.PhaseAdaptation(epochs_per_phase=2, verbose=0)]
+        if backup:
+            callbacks.append(keras.callbacks.BackupAndRestore(str(backup)))
+        if interrupt_at is not None:
+            callbacks.append(_Interrupt(*interrupt_at))
+        try:
+            qmodel.fit(x, y, epochs=8, batch_size=64, shuffle=False, verbose=0, callbacks=callbacks)
+        except _Stop:
+            return None
+        return qmodel
+
+    reference = run()
+    assert run(interrupt_at=(3, 1), backup=tmp_path / "backup") is None  # mid phase 2
+    resumed = run(backup=tmp_path / "backup")
+    for (k1, s1), (k2, s2) in zip(_states(reference), _states(resumed), strict=True):
+        np.testing.assert_array_equal(k1.numpy(), k2.numpy())
+        for key in ("centers", "frozen_mask", "interval_done", "schedule_step"):
+            np.testing.assert_array_equal(s1[key].numpy(), s2[key].numpy())
+
+
+class _Stop(Exception):
+    pass
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.at = (epoch, batch)
+        self.epoch = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            raise _Stop()
+
+
+def test_nan_loss_does_not_advance(float_model, capsys):
+    qmodel = _scheduled(float_model, bits=2)
+    schedule = tfq.callbacks.PhaseAdaptation(epochs_per_phase=1)
+    schedule.set_model(qmodel)
+    schedule.set_params({"steps": 10, "epochs": 4})
+    schedule.on_train_begin()
+    schedule.on_epoch_begin(0)
+    schedule.on_train_batch_end(0, {"loss": float("nan")})
+    assert "loss is nan" in capsys.readouterr().out
+    assert all(s["schedule_step"].numpy() == 0 for _, s in _states(qmodel))
+    schedule.on_train_batch_end(0, {"loss": 1.0})
+    assert all(s["schedule_step"].numpy() == 1 for _, s in _states(qmodel))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, fragment",
+    [
+        ({"epochs_per_phase": 0}, ValueError, "epochs_per_phase=0"),
+        ({"order": "random"}, ValueError, "order='random'"),
+        ({"order": 3}, TypeError, "order=3"),
+        ({"update": "step"}, ValueError, "update='step'"),
+        ({"pull_decay": 1.5}, ValueError, "pull_decay=1.5"),
+    ],
+)
+def test_bad_arguments(kwargs, error, fragment):
+    with pytest.raises(error) as info:
+        tfq.callbacks.PhaseAdaptation(**kwargs)
+    assert fragment in str(info.value)
+
+
+def test_model_without_masked_quantizers_fails_before_training(float_model, digits):
+    x, y = _subset(digits, 64)
+    qmodel = compile_model(tfq.quantize_model(float_model, tfq.schemes.Multivalued(bits=2)))
+    before = [w.copy() for w in qmodel.get_weights()]
+    with pytest.raises(ValueError, match="mode='masked'"):
+        qmodel.fit(x, y, epochs=1, verbose=0, callbacks=[tfq.callbacks.PhaseAdaptation()])
+    assert all(np.array_equal(a, b) for a, b in zip(before, qmodel.get_weights(), strict=True))
+
+
+def test_unknown_layer_in_order(float_model, digits):
+    x, y = _subset(digits, 64)
+    qmodel = _scheduled(float_model)
+    with pytest.raises(ValueError, match="'nope'"):
+        qmodel.fit(
+            x, y, epochs=1, verbose=0, callbacks=[tfq.callbacks.PhaseAdaptation(order=["nope"])]
+        )
+
+
+def test_config_round_trip():
+    schedule = tfq.callbacks.PhaseAdaptation(
+        epochs_per_phase=3,
+        pull_strength=0.02,
+        pull_decay=0.9,
+        recluster=True,
+        order=["a", "b"],
+        update="epoch",
+        steps_per_epoch=7,
+        verbose=0,
+    )
+    clone = tfq.callbacks.PhaseAdaptation.from_config(schedule.get_config())
+    assert clone.get_config() == schedule.get_config()

@@ -1,0 +1,314 @@
+"""MPA (Multiple Phase Adaptations, seed 002) as a Keras callback.
+
+Per layer, intervals are processed one phase each by descending |center| (Eq. 11). During a
+phase the adaptation coefficient s rises from 0 to 1 (Eq. 5-6); weights inside
+A_r = [c - s|c - e_l|, c + s|c - e_r|] are snapped to c and frozen (Eq. 7-8); the free weights
+of the interval are pulled toward c by λ_i · L1 (Eq. 4, 12-13, the quantizer adds the loss);
+free weights are clipped into the span of the unfinished intervals (Eq. 15). The callback only
+assigns quantizer variables; all its state lives in them, so it resumes from checkpoints.
+"""
+
+import logging
+
+import numpy as np
+
+from tfquant._keras import keras, tf
+from tfquant.callbacks.base import masked_multivalued_layers
+from tfquant.coding.division import divide
+from tfquant.quantizers.base import (
+    _LEVELS_IN_INT8,
+    check_bool,
+    check_float,
+    check_int,
+    nearest_level,
+)
+from tfquant.quantizers.multivalued import interval_bounds
+
+_ORDERS = ("parallel", "sequential")
+_UPDATES = ("batch", "epoch")
+logger = logging.getLogger("tfquant")
+
+
+def _adapt(kernel, state, interval, adaptation):
+    """One MPA update of one layer (graph code). `interval` < 0: no adapting interval."""
+    centers, bounds = state["centers"], state["interval_bounds"]
+    count = centers.shape[0]
+    active = interval >= 0
+    index = tf.clip_by_value(interval, 0, count - 1)
+    center = tf.gather(centers, index)
+    left = center - adaptation * tf.abs(center - tf.gather(bounds, index))  # Eq. 5-6
+    right = center + adaptation * tf.abs(tf.gather(bounds, index + 1) - center)
+    weights = tf.convert_to_tensor(kernel)
+    frozen = state["frozen_mask"] > 0.5
+    newly = active & ~frozen & (weights >= left) & (weights <= right)  # Eq. 8
+    snapped, _ = nearest_level(weights, centers)
+    weights = tf.where(frozen, snapped, tf.where(newly, center, weights))  # Eq. 7
+    frozen = frozen | newly
+    done = state["interval_done"] > 0.5
+    if_not_done = ~(done | (active & (tf.range(count) == index) & (adaptation >= 1.0)))
+    low = tf.reduce_min(tf.where(if_not_done, bounds[:-1], np.inf))
+    high = tf.reduce_max(tf.where(if_not_done, bounds[1:], -np.inf))
+    clipped = tf.clip_by_value(weights, tf.minimum(low, high), tf.maximum(low, high))
+    weights = tf.where(frozen | ~tf.reduce_any(if_not_done), weights, clipped)  # Eq. 15
+    kernel.assign(weights)
+    state["frozen_mask"].assign(tf.cast(frozen, state["frozen_mask"].dtype))
+    state["adaptation"].assign(tf.where(active, adaptation, 0.0))
+    state["schedule_step"].assign_add(1.0)
+
+
+class PhaseAdaptation(keras.callbacks.Callback):
+    """MPA schedule: turns `masked` multivalued layers into exact codebooks during `fit`.
+
+    Every layer needs k phases (k = its levels) of `epochs_per_phase` epochs each in
+    `parallel` order, or one layer after another in `sequential` order; `epochs_needed(model)`
+    tells how many. After the last phase every weight of every scheduled layer is exactly a
+    center. Put this callback before a TensorBoard callback: it adds per-layer scalars
+    (`<layer>/frozen_fraction`, `/adaptation`, `/pull_strength`, `/quantization_error`) to the
+    epoch logs.
+
+    Args:
+      epochs_per_phase: epochs over which s goes from 0 to 1 (paper: about 2).
+      pull_strength: λ0 of Eq. 13 (paper: 0.01).
+      pull_decay: d0 of Eq. 13, λ_i = λ0 · d0^i for the i-th scheduled layer (paper: 0.95).
+      recluster: re-run k-means on the still-free weights before each new phase, moving the
+        unfinished centers (paper, end of "Fine-tuning").
+      order: "parallel" (all layers together), "sequential" (model order), or a list of
+        layer names (sequential in that order; layers not listed follow in model order).
+      update: "batch" (s grows every batch, the paper's iterations) or "epoch".
+      steps_per_epoch: batches per epoch, when `fit` cannot know it (an infinite dataset).
+      verbose: 1 prints one line per finished interval; 0 only logs them.
+
+    Example:
+      >>> schedule = PhaseAdaptation(epochs_per_phase=1, recluster=True)
+      >>> PhaseAdaptation.from_config(schedule.get_config()).get_config() == schedule.get_config()
+      True
+    """
+
+    def __init__(
+        self,
+        epochs_per_phase=2,
+        pull_strength=0.01,
+        pull_decay=0.95,
+        recluster=False,
+        order="parallel",
+        update="batch",
+        steps_per_epoch=None,
+        verbose=1,
+    ):
+        super().__init__()
+        self.epochs_per_phase = check_int("epochs_per_phase", epochs_per_phase, 1, 10_000)
+        self.pull_strength = check_float("pull_strength", pull_strength, 0.0, 1e6, low_open=False)
+        self.pull_decay = check_float("pull_decay", pull_decay, 0.0, 1.0)
+        self.recluster = check_bool("recluster", recluster)
+        if isinstance(order, str):
+            if order not in _ORDERS:
+                raise ValueError(
+                    f"order must be one of {_ORDERS} or a list of layer names. "
+                    f"Received: order={order!r}"
+                )
+        elif not (isinstance(order, (list, tuple)) and all(isinstance(n, str) for n in order)):
+            raise TypeError(
+                f"order must be one of {_ORDERS} or a list of layer names. "
+                f"Received: order={order!r}"
+            )
+        self.order = order if isinstance(order, str) else list(order)
+        if update not in _UPDATES:
+            raise ValueError(f"update must be one of {_UPDATES}. Received: update={update!r}")
+        self.update = update
+        self.steps_per_epoch = (
+            None
+            if steps_per_epoch is None
+            else check_int("steps_per_epoch", steps_per_epoch, 1, 10**9)
+        )
+        self.verbose = check_int("verbose", verbose, 0, 2)
+        self._layers = None
+
+    # -- configuration -----------------------------------------------------------------------
+    def get_config(self):
+        return {
+            "epochs_per_phase": self.epochs_per_phase,
+            "pull_strength": self.pull_strength,
+            "pull_decay": self.pull_decay,
+            "recluster": self.recluster,
+            "order": self.order,
+            "update": self.update,
+            "steps_per_epoch": self.steps_per_epoch,
+            "verbose": self.verbose,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    # -- timeline ----------------------------------------------------------------------------
+    def _ordered(self, model):
+        layers = masked_multivalued_layers(model, type(self).__name__)
+        if isinstance(self.order, list):
+            names = [layer.name for layer in layers]
+            unknown = [n for n in self.order if n not in names]
+            if unknown:
+                raise ValueError(
+                    f"order names layers that have no masked multivalued quantizer: {unknown}. "
+                    f"Allowed: {names}. Received: order={self.order!r}"
+                )
+            rank = {name: i for i, name in enumerate(self.order)}
+            layers = sorted(layers, key=lambda layer: rank.get(layer.name, len(rank)))
+        return layers
+
+    def _offsets(self, layers):
+        """First phase of each layer on the schedule's timeline."""
+        if self.order == "parallel":
+            return [0] * len(layers)
+        return list(np.cumsum([0] + [layer.levels for layer in layers[:-1]]))
+
+    def epochs_needed(self, model):
+        """Epochs of `fit` this schedule needs on `model` to quantize every layer."""
+        layers = self._ordered(model)
+        offsets = self._offsets(layers)
+        phases = max(o + layer.levels for o, layer in zip(offsets, layers, strict=True))
+        return int(phases * self.epochs_per_phase)
+
+    def _units_per_phase(self):
+        if self.update == "epoch":
+            return self.epochs_per_phase
+        steps = self.steps_per_epoch or (self.params or {}).get("steps")
+        if not steps:
+            raise ValueError(
+                "PhaseAdaptation(update='batch') needs the number of batches per epoch: pass "
+                "steps_per_epoch to fit() or to PhaseAdaptation. Received: steps_per_epoch=None"
+            )
+        return self.epochs_per_phase * int(steps)
+
+    # -- Keras hooks -------------------------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        self._layers = self._ordered(self.model)
+        self._offset = self._offsets(self._layers)
+        self._per_phase = self._units_per_phase()
+        self._step_fn = tf.function(self._apply, jit_compile=True)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # Python mirrors of two variables, read back at every epoch start (after
+        # BackupAndRestore or a checkpoint restored them) and kept in step afterwards, so
+        # batches need no device sync.
+        self._schedule_step = int(self._layers[0].state["schedule_step"].numpy())
+        self._adapting = [int(layer.state["adapting_interval"].numpy()) for layer in self._layers]
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.update == "batch":
+            self._advance(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.update == "epoch":
+            self._advance(logs)
+        if logs is not None:
+            logs.update(self.scalars())
+
+    # -- the schedule ------------------------------------------------------------------------
+    def _advance(self, logs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            self._say(
+                f"PhaseAdaptation: loss is {float(loss)} at schedule step "
+                f"{self._schedule_step}; the phase does not advance (fix the divergence, "
+                "e.g. a lower learning rate, then train on)."
+            )
+            return
+        step = self._schedule_step
+        phase, within = divmod(step, self._per_phase)
+        adaptation = (within + 1) / self._per_phase
+        plan = []
+        for position, layer in enumerate(self._layers):
+            layer_phase = phase - self._offset[position]
+            if 0 <= layer_phase < layer.levels:
+                interval = self._adapting_interval(layer, position)
+                plan.append((interval, adaptation))
+            else:
+                plan.append((-1, 0.0))
+        self._step_fn(
+            tf.constant([i for i, _ in plan], tf.int32),
+            tf.constant([s for _, s in plan], tf.float32),
+        )
+        self._schedule_step += 1
+        for position, (layer, (interval, adaptation)) in enumerate(
+            zip(self._layers, plan, strict=True)
+        ):
+            if interval >= 0 and adaptation >= 1.0:
+                self._finish_interval(layer, interval)
+                self._adapting[position] = -1
+
+    def _apply(self, intervals, adaptations):
+        for position, layer in enumerate(self._layers):
+            _adapt(layer.kernel, layer.state, intervals[position], adaptations[position])
+
+    def _adapting_interval(self, layer, position):
+        """The layer's adapting interval; at a phase start picks the next one (Eq. 11)."""
+        current = self._adapting[position]
+        if current >= 0:
+            return current
+        state = layer.state
+        done = state["interval_done"].numpy() > 0.5
+        if self.recluster and done.any():
+            self._recluster(layer)
+        centers = state["centers"].numpy()
+        magnitude = np.where(done, -np.inf, np.abs(centers))
+        interval = int(np.argmax(magnitude))  # largest |center| still unquantized
+        state["adapting_interval"].assign(float(interval))
+        state["pull_strength"].assign(self.pull_strength * self.pull_decay**position)
+        self._adapting[position] = interval
+        return interval
+
+    def _finish_interval(self, layer, interval):
+        state = layer.state
+        done = state["interval_done"].numpy()
+        done[interval] = 1.0
+        state["interval_done"].assign(done)
+        state["adapting_interval"].assign(-1.0)
+        state["adaptation"].assign(0.0)
+        state["pull_strength"].assign(0.0)
+        if done.all():  # every weight exactly a center, even any left outside the intervals
+            layer.kernel.assign(nearest_level(layer.kernel, state["centers"])[0])
+            state["frozen_mask"].assign(tf.ones_like(state["frozen_mask"]))
+        frozen = float(np.mean(state["frozen_mask"].numpy()))
+        center = float(state["centers"].numpy()[interval])
+        self._say(
+            f"PhaseAdaptation: {layer.name} interval {int(done.sum())}/{layer.levels} "
+            f"(center {center:+.5f}) quantized; {frozen:.1%} of its weights frozen."
+        )
+
+    def _recluster(self, layer):
+        """k-means on the free weights for the unfinished intervals; finished ones stay."""
+        state = layer.state
+        centers = state["centers"].numpy().astype(np.float64)
+        bounds = state["interval_bounds"].numpy().astype(np.float64)
+        done = state["interval_done"].numpy() > 0.5
+        free = layer.kernel.numpy()[state["frozen_mask"].numpy() < 0.5]
+        open_slots = np.flatnonzero(~done)
+        contiguous = open_slots.size and np.all(np.diff(open_slots) == 1)
+        if not contiguous or free.size < open_slots.size:
+            return
+        step = np.abs(centers).max() / _LEVELS_IN_INT8  # the layer's fixed int8 grid
+        fresh = np.round(divide(free, open_slots.size, "kmeans") / step) * step
+        centers[open_slots] = np.sort(fresh)
+        first, last = open_slots[0], open_slots[-1]
+        inner = interval_bounds(centers[first : last + 1], bounds[first], bounds[last + 1])
+        bounds[first : last + 2] = inner
+        state["centers"].assign(centers.astype(np.float32))
+        state["interval_bounds"].assign(bounds.astype(np.float32))
+
+    def scalars(self):
+        """Per-layer schedule scalars for logs / TensorBoard."""
+        out = {}
+        for layer in self._layers or []:
+            state = layer.state
+            kernel = tf.convert_to_tensor(layer.kernel)
+            error = tf.reduce_mean(tf.abs(kernel - nearest_level(kernel, state["centers"])[0]))
+            out[f"{layer.name}/frozen_fraction"] = float(np.mean(state["frozen_mask"].numpy()))
+            out[f"{layer.name}/adaptation"] = float(state["adaptation"].numpy())
+            out[f"{layer.name}/pull_strength"] = float(state["pull_strength"].numpy())
+            out[f"{layer.name}/quantization_error"] = float(error.numpy())
+        return out
+
+    def _say(self, message):
+        logger.info(message)
+        if self.verbose:
+            print(message)
