@@ -67,7 +67,8 @@ class PhaseAdaptation(keras.callbacks.Callback):
     epoch logs.
 
     Args:
-      epochs_per_phase: epochs over which s goes from 0 to 1 (paper: about 2).
+      epochs_per_phase: epochs over which s goes from 0 to 1 (paper: about 2); a fraction
+        such as 0.5 is allowed with update="batch".
       pull_strength: λ0 of Eq. 13 (paper: 0.01).
       pull_decay: d0 of Eq. 13, λ_i = λ0 · d0^i for the i-th scheduled layer (paper: 0.95).
       recluster: re-run k-means on the still-free weights before each new phase, moving the
@@ -96,7 +97,12 @@ class PhaseAdaptation(keras.callbacks.Callback):
         verbose=1,
     ):
         super().__init__()
-        self.epochs_per_phase = check_int("epochs_per_phase", epochs_per_phase, 1, 10_000)
+        self.epochs_per_phase = check_float("epochs_per_phase", epochs_per_phase, 0.0, 10_000.0)
+        if update == "epoch" and self.epochs_per_phase != int(self.epochs_per_phase):
+            raise ValueError(
+                "epochs_per_phase must be a whole number with update='epoch'. "
+                f"Received: epochs_per_phase={epochs_per_phase}"
+            )
         self.pull_strength = check_float("pull_strength", pull_strength, 0.0, 1e6, low_open=False)
         self.pull_decay = check_float("pull_decay", pull_decay, 0.0, 1.0)
         self.recluster = check_bool("recluster", recluster)
@@ -166,18 +172,18 @@ class PhaseAdaptation(keras.callbacks.Callback):
         layers = self._ordered(model)
         offsets = self._offsets(layers)
         phases = max(o + layer.levels for o, layer in zip(offsets, layers, strict=True))
-        return int(phases * self.epochs_per_phase)
+        return int(np.ceil(phases * self.epochs_per_phase))
 
     def _units_per_phase(self):
         if self.update == "epoch":
-            return self.epochs_per_phase
+            return int(self.epochs_per_phase)
         steps = self.steps_per_epoch or (self.params or {}).get("steps")
         if not steps:
             raise ValueError(
                 "PhaseAdaptation(update='batch') needs the number of batches per epoch: pass "
                 "steps_per_epoch to fit() or to PhaseAdaptation. Received: steps_per_epoch=None"
             )
-        return self.epochs_per_phase * int(steps)
+        return max(1, round(self.epochs_per_phase * int(steps)))
 
     # -- Keras hooks -------------------------------------------------------------------------
     def on_train_begin(self, logs=None):

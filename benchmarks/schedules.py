@@ -1,0 +1,121 @@
+"""Schedules on LeNet-5: float vs naive snap-and-finetune vs MPA (PhaseAdaptation), same
+float start and the same number of quantization epochs for every row.
+
+Run: python benchmarks/schedules.py [--datasets mnist fashion_mnist] [--epochs 8]
+       [--float-epochs 8] [--bits 4 3 2] [--json benchmarks/results/schedules.json]
+Rows per dataset: float; for each bit width and for ternary (3 levels): naive (every weight
+snapped to its k-means center from the start, then fine-tuned) and MPA (masked quantizer +
+PhaseAdaptation with epochs_per_phase = epochs / levels, so the last phase ends with training).
+MVQ / SLQ / MLQ rows come with those schedules.
+"""
+
+import argparse
+import json
+import os
+import time
+
+from tfquant.models import datasets, lenet5
+
+import tfquant as tfq
+from tfquant._keras import keras
+
+
+def _compile(model, learning_rate):
+    model.compile(
+        keras.optimizers.Adam(learning_rate),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def _accuracy(model, x, y):
+    return float(model.evaluate(x, y, verbose=0, batch_size=1000)[1])
+
+
+def run_dataset(name, args):
+    (x, y), (x_test, y_test) = datasets.load(name)
+    float_model = _compile(lenet5(seed=args.seed), 1e-3)
+    start = time.perf_counter()
+    float_model.fit(x, y, epochs=args.float_epochs, batch_size=args.batch, verbose=0)
+    rows = [
+        {
+            "dataset": name,
+            "method": "float",
+            "levels": None,
+            "epochs": args.float_epochs,
+            "accuracy": _accuracy(float_model, x_test, y_test),
+            "seconds": time.perf_counter() - start,
+        }
+    ]
+    print(f"{name}: float {rows[0]['accuracy']:.4f}", flush=True)
+    widths = [(2**b, f"{b}-bit") for b in args.bits] + [(3, "ternary")]
+    for levels, label in widths:
+        for method in ("naive", "MPA"):
+            start = time.perf_counter()
+            mode = "snap" if method == "naive" else "masked"
+            scheme = tfq.schemes.Multivalued(levels=levels, mode=mode)
+            qmodel = _compile(tfq.quantize_model(float_model, scheme), args.learning_rate)
+            callbacks = []
+            if method == "MPA":
+                per_phase = args.epochs / levels
+                callbacks = [tfq.callbacks.PhaseAdaptation(epochs_per_phase=per_phase, verbose=0)]
+                if callbacks[0].epochs_needed(qmodel) > args.epochs:
+                    print(f"  skip MPA {label}: needs {levels} phases > {args.epochs} epochs")
+                    continue
+            qmodel.fit(
+                x, y, epochs=args.epochs, batch_size=args.batch, verbose=0, callbacks=callbacks
+            )
+            distinct = [r.distinct for r in tfq.summary(qmodel, print_fn=None)]
+            row = {
+                "dataset": name,
+                "method": method,
+                "bits": label,
+                "levels": levels,
+                "epochs": args.epochs,
+                "accuracy": _accuracy(qmodel, x_test, y_test),
+                "distinct_per_layer": distinct,
+                "seconds": time.perf_counter() - start,
+            }
+            row["drop_pt"] = 100 * (rows[0]["accuracy"] - row["accuracy"])
+            rows.append(row)
+            print(
+                f"{name}: {method} {label} {row['accuracy']:.4f} "
+                f"(drop {row['drop_pt']:+.2f} pt, {row['seconds']:.0f} s)",
+                flush=True,
+            )
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["mnist", "fashion_mnist"])
+    parser.add_argument("--bits", nargs="+", type=int, default=[4, 3, 2])
+    parser.add_argument("--epochs", type=int, default=8, help="quantization epochs per row")
+    parser.add_argument("--float-epochs", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default="benchmarks/results/schedules.json")
+    args = parser.parse_args(argv)
+    rows = []
+    for name in args.datasets:
+        rows += run_dataset(name, args)
+    header = f"{'dataset':<14}{'method':<8}{'bits':<9}{'accuracy':>9}{'drop pt':>9}{'distinct':>18}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        drop = "" if r["method"] == "float" else f"{r['drop_pt']:+.2f}"
+        distinct = "/".join(map(str, r.get("distinct_per_layer", [])))
+        print(
+            f"{r['dataset']:<14}{r['method']:<8}{r.get('bits') or '32-bit':<9}"
+            f"{r['accuracy']:>9.4f}{drop:>9}{distinct:>18}"
+        )
+    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+    with open(args.json, "w") as stream:
+        json.dump({"args": vars(args), "rows": rows}, stream, indent=2)
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
