@@ -122,9 +122,8 @@ def test_pull_loss_is_added_during_adaptation(float_model, digits):
 
 @pytest.fixture
 def deterministic_ops():
+    # TF has no public switch back; deterministic CPU kernels are fine for the later tests.
     tf.config.experimental.enable_op_determinism()
-    yield
-    tf.config.experimental.disable_op_determinism()
 
 
 def test_resume_mid_phase_is_identical(float_model, digits, tmp_path, deterministic_ops):
