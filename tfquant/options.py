@@ -26,11 +26,16 @@ class Division(_Option):
 
     `kmeans`: exact optimal 1-D k-means (Eq. 9). `linear`: centers evenly spaced between 0 and
     the mean of |min| and |max|, mirrored. `exponential`: the same maximum, halved repeatedly.
+    `hessian_kmeans`: k-means weighted by the loss Hessian's diagonal (Choi et al., seed 003).
+    `ecsq`: entropy-constrained scalar quantization (Choi et al.): uniform start, then a
+    Lloyd-like iteration on distortion + λ · code length.
     """
 
     KMEANS = "kmeans"
     LINEAR = "linear"
     EXPONENTIAL = "exponential"
+    HESSIAN_KMEANS = "hessian_kmeans"
+    ECSQ = "ecsq"
 
 
 class Mode(_Option):

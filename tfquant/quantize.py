@@ -48,20 +48,36 @@ def _check_graph_model(model):
         )
 
 
-def initialize_quantizers(qmodel):
-    """Places every tfquant quantizer's codebook from its layer's current kernel."""
-    for _, weight, quantizer, quantizer_vars in quantized_weights(qmodel):
+def initialize_quantizers(qmodel, importance=None):
+    """Places every tfquant quantizer's codebook from its layer's current kernel.
+
+    Args:
+      qmodel: a QAT model. importance: optional dict layer name -> per-weight importance.
+    """
+    importance = importance or {}
+    for wrapper, weight, quantizer, quantizer_vars in quantized_weights(qmodel):
         if isinstance(quantizer, TfquantQuantizer):
-            quantizer.initialize(weight.numpy(), quantizer_vars)
+            extra = importance.get(_unwrap(wrapper).name)
+            quantizer.initialize(weight.numpy(), quantizer_vars, importance=extra)
 
 
-def quantize_apply(model, scheme):
+def _check_importance(importance):
+    if importance is not None and not isinstance(importance, dict):
+        raise TypeError(
+            "importance must be a dict of layer name -> per-weight array, as returned by "
+            "tfq.coding.hessian_diagonal. Received: importance of type "
+            f"{type(importance).__name__}"
+        )
+
+
+def quantize_apply(model, scheme, importance=None):
     """Quantizes the annotated layers of `model` (see `quantize_annotate_layer`) with `scheme`.
 
     Args:
       model: a Keras 2 model whose layers to quantize are wrapped by
         `quantize_annotate_layer` (or tfmot's `quantize_annotate_layer`/`_model`).
       scheme: a `tfq.schemes` scheme; it also quantizes annotated layers that carry no config.
+      importance: see `quantize_model`.
 
     Returns:
       A new QAT model; `model` is not modified.
@@ -70,17 +86,18 @@ def quantize_apply(model, scheme):
     _check_scheme(scheme)
     _check_graph_model(model)
     _check_finite(model)
+    _check_importance(importance)
     eight_bit = []
     if scheme.keep_first_last_8bit:
         layers = _quantizable_layers(model)
         eight_bit = sorted({_unwrap(layers[0]).name, _unwrap(layers[-1]).name}) if layers else []
     with tfmot.quantization.keras.quantize_scope():
         qmodel = tfmot.quantization.keras.quantize_apply(model, BoundScheme(scheme, eight_bit))
-    initialize_quantizers(qmodel)
+    initialize_quantizers(qmodel, importance)
     return qmodel
 
 
-def quantize_model(model, scheme):
+def quantize_model(model, scheme, importance=None):
     """Returns a quantization-aware copy of `model` that trains with `scheme`'s quantizers.
 
     Every Conv2D, DepthwiseConv2D and Dense kernel gets the scheme's quantizer (whose codebook
@@ -91,6 +108,8 @@ def quantize_model(model, scheme):
     Args:
       model: a built Sequential or functional `tfq.keras` model.
       scheme: a `tfq.schemes` scheme.
+      importance: per-weight importance for divisions that need it ("hessian_kmeans"): a dict
+        layer name -> array of the kernel's shape, e.g. `tfq.coding.hessian_diagonal(...)`.
 
     Returns:
       A new Keras model; `model` is not modified. Compile and `fit` it as usual.
@@ -116,7 +135,7 @@ def quantize_model(model, scheme):
         )
     already_annotated = any(is_annotated(layer) for layer in model.layers)
     annotated = model if already_annotated else _annotate_all(model)
-    return quantize_apply(annotated, scheme)
+    return quantize_apply(annotated, scheme, importance)
 
 
 def _annotate_all(model):

@@ -113,10 +113,12 @@ class Multivalued(Scheme):
     Args:
       bits: codebook size 2**bits, in [1, 8].
       levels: explicit codebook size in [2, 256]; overrides `bits`.
-      division: "kmeans", "linear" or "exponential".
+      division: "kmeans", "linear", "exponential", "hessian_kmeans" (pass `importance` to
+        `quantize_model`) or "ecsq" (entropy-constrained, rate weight `entropy_weight`).
       mode: "snap" (naive: all weights snap now) or "masked" (a schedule freezes weights
         gradually; see `tfq.callbacks`).
       keep_first_last_8bit: see `Scheme`.
+      entropy_weight: λ of the "ecsq" division, in units of each layer's weight variance.
 
     Example:
       >>> scheme = Multivalued(bits=3, division="linear")
@@ -125,10 +127,16 @@ class Multivalued(Scheme):
     """
 
     def __init__(
-        self, bits=3, levels=None, division="kmeans", mode="snap", keep_first_last_8bit=False
+        self,
+        bits=3,
+        levels=None,
+        division="kmeans",
+        mode="snap",
+        keep_first_last_8bit=False,
+        entropy_weight=0.1,
     ):
         super().__init__(keep_first_last_8bit)
-        self._template = MultivaluedQuantizer(bits, levels, division, mode)
+        self._template = MultivaluedQuantizer(bits, levels, division, mode, entropy_weight)
 
     def weight_quantizer(self):
         return MultivaluedQuantizer.from_config(self._template.get_config())

@@ -180,9 +180,12 @@ class TfquantQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
             inputs, -bound, bound, num_bits=self._export_bits, narrow_range=True
         )
 
-    def initialize(self, kernel, weights):
-        """Sets the quantizer's state from the layer's current (float) kernel. Default: none."""
-        del kernel, weights
+    def initialize(self, kernel, weights, importance=None):
+        """Sets the quantizer's state from the layer's current (float) kernel. Default: none.
+
+        `importance` (per-weight, like the kernel) is for divisions that weight the weights.
+        """
+        del kernel, weights, importance
 
     def hard_quantize(self, kernel, weights):
         """Returns the kernel with every value replaced by its codebook value."""

@@ -124,7 +124,7 @@ class LearnedBasisQuantizer(TfquantQuantizer):
     def _view(self, kernel):
         return self.channel_view(kernel) if self.per_channel else tf.reshape(kernel, [-1, 1])
 
-    def initialize(self, kernel, weights):
+    def initialize(self, kernel, weights, importance=None):
         view = np.asarray(self._view(tf.constant(kernel, tf.float32)))
         sigma = view.std(axis=0) + 1e-12
         powers = 2.0 ** np.arange(self.bits)[:, None]

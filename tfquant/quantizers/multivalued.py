@@ -11,6 +11,7 @@ from tfquant.options import Division, Mode
 from tfquant.quantizers.base import (
     _LEVELS_IN_INT8,
     TfquantQuantizer,
+    check_float,
     check_int,
     nearest_level,
     straight_through,
@@ -106,9 +107,11 @@ class MultivaluedQuantizer(TfquantQuantizer):
     Args:
       bits: codebook size is 2**bits, in [1, 8]. Ignored when `levels` is given.
       levels: explicit codebook size in [2, 256] (e.g. 3 for a ternary-like codebook).
-      division: "kmeans" (default), "linear" or "exponential".
+      division: "kmeans" (default), "linear", "exponential", "hessian_kmeans" (needs
+        `importance` at `quantize_model`) or "ecsq".
       mode: "snap" (every weight to its nearest center; the naive baseline) or "masked"
         (only frozen weights snap; the others pass through for a schedule to adapt).
+      entropy_weight: λ of the "ecsq" division, in units of the weights' variance.
 
     Example:
       >>> q = MultivaluedQuantizer(bits=2, division="linear")
@@ -118,12 +121,13 @@ class MultivaluedQuantizer(TfquantQuantizer):
       True
     """
 
-    def __init__(self, bits=3, levels=None, division="kmeans", mode="snap"):
+    def __init__(self, bits=3, levels=None, division="kmeans", mode="snap", entropy_weight=0.1):
         self.bits = check_int("bits", bits, 1, 8)
         self.levels = 2**self.bits if levels is None else check_int("levels", levels, 2, 256)
         self._levels_given = levels is not None
         self.division = Division.parse(division, "division")
         self.mode = Mode.parse(mode, "mode")
+        self.entropy_weight = check_float("entropy_weight", entropy_weight, 0.0, 1e6, False)
 
     def _build_vars(self, tensor_shape, name, layer):
         sync = tf.VariableAggregation.ONLY_FIRST_REPLICA
@@ -173,10 +177,12 @@ class MultivaluedQuantizer(TfquantQuantizer):
         self._owner = layer
         return variables
 
-    def initialize(self, kernel, weights):
+    def initialize(self, kernel, weights, importance=None):
         """Divides `kernel` into the codebook (Eq. 1 and 9) and resets all schedule state."""
         kernel = np.asarray(kernel)
-        centers = snap_centers(divide(kernel, self.levels, self.division))
+        centers = snap_centers(
+            divide(kernel, self.levels, self.division, importance, self.entropy_weight)
+        )
         weights["centers"].assign(centers)
         weights["interval_bounds"].assign(interval_bounds(centers, kernel.min(), kernel.max()))
         weights["interval_done"].assign(np.zeros(self.levels, np.float32))
@@ -207,4 +213,5 @@ class MultivaluedQuantizer(TfquantQuantizer):
             "levels": self.levels if self._levels_given else None,
             "division": self.division.value,
             "mode": self.mode.value,
+            "entropy_weight": self.entropy_weight,
         }

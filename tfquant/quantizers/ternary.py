@@ -110,7 +110,7 @@ class TernaryQuantizer(TfquantQuantizer):
             for scale in ("positive_scale", "negative_scale")
         }
 
-    def initialize(self, kernel, weights):
+    def initialize(self, kernel, weights, importance=None):
         if self.method is TernaryMethod.TWN:
             return
         view = np.asarray(channel_scale_view(tf.constant(kernel, tf.float32), self))
