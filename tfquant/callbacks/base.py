@@ -1,10 +1,24 @@
 """Shared pieces of the schedules: finding the quantizers a schedule drives."""
 
 import dataclasses
+import logging
 
-from tfquant._keras import quantized_weights
+import numpy as np
+
+from tfquant._keras import quantized_weights, tf
+from tfquant.coding.division import divide
 from tfquant.options import Mode
-from tfquant.quantizers.multivalued import MultivaluedQuantizer
+from tfquant.quantizers.base import _LEVELS_IN_INT8, nearest_level
+from tfquant.quantizers.multivalued import MultivaluedQuantizer, interval_bounds
+
+logger = logging.getLogger("tfquant")
+
+
+def say(message, verbose):
+    """Logs a schedule message; prints it too when `verbose`."""
+    logger.info(message)
+    if verbose:
+        print(message)
 
 
 @dataclasses.dataclass
@@ -46,3 +60,88 @@ def masked_multivalued_layers(model, schedule):
             f"{hint} Received: model {model.name!r}"
         )
     return layers
+
+
+def recluster_free_weights(layer):
+    """k-means on the free weights for the unfinished intervals; finished ones stay (MPA,
+    end of "Fine-tuning"; SLQ's re-clustering between rounds). New centers stay on the
+    layer's int8 grid, fixed by its largest |center|."""
+    state = layer.state
+    centers = state["centers"].numpy().astype(np.float64)
+    bounds = state["interval_bounds"].numpy().astype(np.float64)
+    done = state["interval_done"].numpy() > 0.5
+    free = layer.kernel.numpy()[state["frozen_mask"].numpy() < 0.5]
+    open_slots = np.flatnonzero(~done)
+    contiguous = open_slots.size and np.all(np.diff(open_slots) == 1)
+    if not contiguous or free.size < open_slots.size:
+        return
+    step = np.abs(centers).max() / _LEVELS_IN_INT8
+    fresh = np.round(divide(free, open_slots.size, "kmeans") / step) * step
+    centers[open_slots] = np.sort(fresh)
+    first, last = open_slots[0], open_slots[-1]
+    bounds[first : last + 2] = interval_bounds(
+        centers[first : last + 1], bounds[first], bounds[last + 1]
+    )
+    state["centers"].assign(centers.astype(np.float32))
+    state["interval_bounds"].assign(bounds.astype(np.float32))
+
+
+def freeze_intervals(layer, intervals):
+    """Snaps and freezes every free weight inside the given intervals, marks them done, and
+    clips the remaining free weights into the span of the unfinished intervals (MPA Eq. 15).
+    When every interval is done, every weight is snapped and frozen."""
+    state = layer.state
+    centers = state["centers"].numpy()
+    bounds = state["interval_bounds"].numpy()
+    done = state["interval_done"].numpy() > 0.5
+    kernel = layer.kernel.numpy()
+    frozen = state["frozen_mask"].numpy() > 0.5
+    for interval in intervals:
+        inside = ~frozen & (kernel >= bounds[interval]) & (kernel <= bounds[interval + 1])
+        kernel = np.where(inside, centers[interval], kernel)
+        frozen |= inside
+        done[interval] = True
+    if done.all():
+        kernel = np.asarray(nearest_level(tf.constant(kernel), tf.constant(centers))[0])
+        frozen[...] = True
+    else:
+        low, high = bounds[:-1][~done].min(), bounds[1:][~done].max()
+        kernel = np.where(frozen, kernel, np.clip(kernel, low, high))
+    layer.kernel.assign(kernel)
+    state["frozen_mask"].assign(frozen.astype(np.float32))
+    state["interval_done"].assign(done.astype(np.float32))
+
+
+def hold(kernel, state):
+    """Graph code run after every batch: frozen weights back on their centers (momentum may
+    have moved them), free weights clipped into the span of the unfinished intervals (Eq. 15).
+    """
+    weights = tf.convert_to_tensor(kernel)
+    frozen = state["frozen_mask"] > 0.5
+    snapped = nearest_level(weights, state["centers"])[0]
+    unfinished = state["interval_done"] < 0.5
+    kernel.assign(
+        clip_free(tf.where(frozen, snapped, weights), frozen, state["interval_bounds"], unfinished)
+    )
+
+
+def clip_free(weights, frozen, bounds, unfinished):
+    """MPA Eq. 15: free weights clipped to [min, max] of the unfinished intervals' span."""
+    low = tf.reduce_min(tf.where(unfinished, bounds[:-1], np.inf))
+    high = tf.reduce_max(tf.where(unfinished, bounds[1:], -np.inf))
+    clipped = tf.clip_by_value(weights, tf.minimum(low, high), tf.maximum(low, high))
+    return tf.where(frozen | ~tf.reduce_any(unfinished), weights, clipped)
+
+
+def layer_scalars(layers):
+    """Per-layer schedule scalars for epoch logs / TensorBoard."""
+    out = {}
+    for layer in layers or []:
+        state = layer.state
+        kernel = tf.convert_to_tensor(layer.kernel)
+        error = tf.reduce_mean(tf.abs(kernel - nearest_level(kernel, state["centers"])[0]))
+        out[f"{layer.name}/frozen_fraction"] = float(np.mean(state["frozen_mask"].numpy()))
+        out[f"{layer.name}/adaptation"] = float(state["adaptation"].numpy())
+        out[f"{layer.name}/pull_strength"] = float(state["pull_strength"].numpy())
+        out[f"{layer.name}/quantization_error"] = float(error.numpy())
+    return out

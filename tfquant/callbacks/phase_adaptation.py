@@ -8,25 +8,25 @@ free weights are clipped into the span of the unfinished intervals (Eq. 15). The
 assigns quantizer variables; all its state lives in them, so it resumes from checkpoints.
 """
 
-import logging
-
 import numpy as np
 
 from tfquant._keras import keras, tf
-from tfquant.callbacks.base import masked_multivalued_layers
-from tfquant.coding.division import divide
+from tfquant.callbacks.base import (
+    clip_free,
+    layer_scalars,
+    masked_multivalued_layers,
+    recluster_free_weights,
+    say,
+)
 from tfquant.quantizers.base import (
-    _LEVELS_IN_INT8,
     check_bool,
     check_float,
     check_int,
     nearest_level,
 )
-from tfquant.quantizers.multivalued import interval_bounds
 
 _ORDERS = ("parallel", "sequential")
 _UPDATES = ("batch", "epoch")
-logger = logging.getLogger("tfquant")
 
 
 def _adapt(kernel, state, interval, adaptation):
@@ -44,12 +44,9 @@ def _adapt(kernel, state, interval, adaptation):
     snapped, _ = nearest_level(weights, centers)
     weights = tf.where(frozen, snapped, tf.where(newly, center, weights))  # Eq. 7
     frozen = frozen | newly
-    done = state["interval_done"] > 0.5
-    if_not_done = ~(done | (active & (tf.range(count) == index) & (adaptation >= 1.0)))
-    low = tf.reduce_min(tf.where(if_not_done, bounds[:-1], np.inf))
-    high = tf.reduce_max(tf.where(if_not_done, bounds[1:], -np.inf))
-    clipped = tf.clip_by_value(weights, tf.minimum(low, high), tf.maximum(low, high))
-    weights = tf.where(frozen | ~tf.reduce_any(if_not_done), weights, clipped)  # Eq. 15
+    finishing = active & (tf.range(count) == index) & (adaptation >= 1.0)
+    unfinished = ~((state["interval_done"] > 0.5) | finishing)
+    weights = clip_free(weights, frozen, bounds, unfinished)  # Eq. 15
     kernel.assign(weights)
     state["frozen_mask"].assign(tf.cast(frozen, state["frozen_mask"].dtype))
     state["adaptation"].assign(tf.where(active, adaptation, 0.0))
@@ -254,7 +251,7 @@ class PhaseAdaptation(keras.callbacks.Callback):
         state = layer.state
         done = state["interval_done"].numpy() > 0.5
         if self.recluster and done.any():
-            self._recluster(layer)
+            recluster_free_weights(layer)
         centers = state["centers"].numpy()
         magnitude = np.where(done, -np.inf, np.abs(centers))
         interval = int(np.argmax(magnitude))  # largest |center| still unquantized
@@ -281,40 +278,9 @@ class PhaseAdaptation(keras.callbacks.Callback):
             f"(center {center:+.5f}) quantized; {frozen:.1%} of its weights frozen."
         )
 
-    def _recluster(self, layer):
-        """k-means on the free weights for the unfinished intervals; finished ones stay."""
-        state = layer.state
-        centers = state["centers"].numpy().astype(np.float64)
-        bounds = state["interval_bounds"].numpy().astype(np.float64)
-        done = state["interval_done"].numpy() > 0.5
-        free = layer.kernel.numpy()[state["frozen_mask"].numpy() < 0.5]
-        open_slots = np.flatnonzero(~done)
-        contiguous = open_slots.size and np.all(np.diff(open_slots) == 1)
-        if not contiguous or free.size < open_slots.size:
-            return
-        step = np.abs(centers).max() / _LEVELS_IN_INT8  # the layer's fixed int8 grid
-        fresh = np.round(divide(free, open_slots.size, "kmeans") / step) * step
-        centers[open_slots] = np.sort(fresh)
-        first, last = open_slots[0], open_slots[-1]
-        inner = interval_bounds(centers[first : last + 1], bounds[first], bounds[last + 1])
-        bounds[first : last + 2] = inner
-        state["centers"].assign(centers.astype(np.float32))
-        state["interval_bounds"].assign(bounds.astype(np.float32))
-
     def scalars(self):
         """Per-layer schedule scalars for logs / TensorBoard."""
-        out = {}
-        for layer in self._layers or []:
-            state = layer.state
-            kernel = tf.convert_to_tensor(layer.kernel)
-            error = tf.reduce_mean(tf.abs(kernel - nearest_level(kernel, state["centers"])[0]))
-            out[f"{layer.name}/frozen_fraction"] = float(np.mean(state["frozen_mask"].numpy()))
-            out[f"{layer.name}/adaptation"] = float(state["adaptation"].numpy())
-            out[f"{layer.name}/pull_strength"] = float(state["pull_strength"].numpy())
-            out[f"{layer.name}/quantization_error"] = float(error.numpy())
-        return out
+        return layer_scalars(self._layers)
 
     def _say(self, message):
-        logger.info(message)
-        if self.verbose:
-            print(message)
+        say(message, self.verbose)

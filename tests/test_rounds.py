@@ -1,0 +1,87 @@
+"""SLQ PartitionRounds and MLQ IncrementalLayers on digits: every weight ends on a center,
+masks only grow, rounds follow the configured order, resume from the epoch counter."""
+
+import numpy as np
+import pytest
+
+import tfquant as tfq
+from tests.conftest import compile_model
+from tests.test_phase_adaptation import _Recorder, _states, _subset
+from tfquant._keras import quantized_weights
+
+
+def _masked(float_model, levels):
+    scheme = tfq.schemes.Multivalued(levels=levels, mode="masked")
+    return compile_model(tfq.quantize_model(float_model, scheme), 5e-4)
+
+
+@pytest.mark.parametrize("order", ["zero_first", "magnitude", "error"])
+def test_partition_rounds_end_on_centers(float_model, digits, order):
+    x, y = _subset(digits, 128)
+    qmodel = _masked(float_model, 4)
+    schedule = tfq.callbacks.PartitionRounds(rounds=2, order=order, recluster=True, verbose=0)
+    assert schedule.epochs_needed(qmodel) == 2
+    recorder = _Recorder()
+    history = qmodel.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[schedule, recorder])
+    for kernel, state in _states(qmodel):
+        values = np.unique(kernel.numpy())
+        assert values.size <= 4 and np.all(np.isin(values, state["centers"].numpy()))
+        assert np.all(state["frozen_mask"].numpy() == 1.0)
+    fractions = history.history["quant_fc1/frozen_fraction"]
+    assert 0 < fractions[0] < 1 and fractions[1] == 1.0
+
+
+def test_zero_first_quantizes_the_center_nearest_zero_first(float_model, digits):
+    x, y = _subset(digits, 64)
+    qmodel = _masked(float_model, 3)
+    schedule = tfq.callbacks.PartitionRounds(order="zero_first", verbose=0)
+    qmodel.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[schedule])
+    for _, state in _states(qmodel):
+        done = state["interval_done"].numpy() > 0.5
+        centers = state["centers"].numpy()
+        assert done.sum() == 1 and np.argmin(np.abs(centers)) == np.flatnonzero(done)[0]
+
+
+def test_incremental_layers_one_at_a_time(float_model, digits):
+    x, y = _subset(digits, 128)
+    qmodel = _masked(float_model, 3)
+    schedule = tfq.callbacks.IncrementalLayers(epochs_per_layer=1, order="reverse", verbose=0)
+    assert schedule.epochs_needed(qmodel) == 4
+    qmodel.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[schedule])
+    frozen = {w.name: s["frozen_mask"].numpy().mean() for w, _, _, s in quantized_weights(qmodel)}
+    assert frozen == {"quant_conv1": 0.0, "quant_conv2": 0.0, "quant_fc1": 1.0, "quant_logits": 1.0}
+    qmodel.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[schedule])
+    for kernel, state in _states(qmodel):
+        assert np.unique(kernel.numpy()).size <= 3
+        assert np.all(np.isin(kernel.numpy(), state["centers"].numpy()))
+
+
+@pytest.mark.parametrize(
+    "make, error, fragment",
+    [
+        (lambda: tfq.callbacks.PartitionRounds(order="random"), ValueError, "order='random'"),
+        (lambda: tfq.callbacks.PartitionRounds(rounds=0), ValueError, "rounds=0"),
+        (
+            lambda: tfq.callbacks.IncrementalLayers(epochs_per_layer=0),
+            ValueError,
+            "epochs_per_layer=0",
+        ),
+        (lambda: tfq.callbacks.IncrementalLayers(order=5), TypeError, "order=5"),
+    ],
+)
+def test_bad_arguments(make, error, fragment):
+    with pytest.raises(error) as info:
+        make()
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        tfq.callbacks.PartitionRounds(rounds=3, epochs_per_round=2, order="error", verbose=0),
+        tfq.callbacks.IncrementalLayers(epochs_per_layer=2, order=["a"], verbose=0),
+    ],
+    ids=["PartitionRounds", "IncrementalLayers"],
+)
+def test_config_round_trip(schedule):
+    assert type(schedule).from_config(schedule.get_config()).get_config() == schedule.get_config()
