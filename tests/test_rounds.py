@@ -85,3 +85,33 @@ def test_bad_arguments(make, error, fragment):
 )
 def test_config_round_trip(schedule):
     assert type(schedule).from_config(schedule.get_config()).get_config() == schedule.get_config()
+
+
+def test_interval_contraction_shares_weights(float_model, digits):
+    x, y = _subset(digits, 128)
+    qmodel = _masked(float_model, 4)
+    schedule = tfq.callbacks.IntervalContraction(epochs=2, verbose=0)
+    widths = []
+
+    class Width(tfq.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            (kernel, state), *_ = _states(self.model)
+            centers = state["centers"].numpy()
+            values = kernel.numpy().ravel()
+            nearest = centers[np.abs(values[:, None] - centers).argmin(axis=1)]
+            widths.append(np.abs(values - nearest).max())
+
+    qmodel.fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[schedule, Width()])
+    assert widths[0] > 0 and widths[1] == 0 and widths[2] == 0
+    for kernel, state in _states(qmodel):
+        values = np.unique(kernel.numpy())
+        assert values.size <= 4 and np.all(np.isin(values, state["centers"].numpy()))
+        assert np.all(state["frozen_mask"].numpy() == 1.0)
+
+
+def test_interval_contraction_round_trip_and_bad_input():
+    schedule = tfq.callbacks.IntervalContraction(epochs=3, steps_per_epoch=5, verbose=0)
+    clone = tfq.callbacks.IntervalContraction.from_config(schedule.get_config())
+    assert clone.get_config() == schedule.get_config()
+    with pytest.raises(ValueError, match="epochs=0"):
+        tfq.callbacks.IntervalContraction(epochs=0)

@@ -1,0 +1,148 @@
+"""MVQ interval shift and contraction (seed 000) as a Keras callback.
+
+The layer's weight range is partitioned into the codebook's intervals; after every batch each
+interval's center shifts to the mean of its weights ("interval shift"), each interval's
+half-widths shrink linearly to zero over the schedule ("interval contraction") and every
+weight is clipped into its contracted interval. At the end the intervals are points: every
+weight equals its interval's center ("weight sharing"), the centers are put on the layer's
+int8 grid and all weights are frozen.
+
+The paper does not say how fast intervals contract; a linear schedule over `epochs` is our
+choice (it reaches zero width exactly at the end, which weight sharing requires).
+"""
+
+import numpy as np
+
+from tfquant._keras import keras, tf
+from tfquant.callbacks.base import hold, layer_scalars, masked_multivalued_layers, say
+from tfquant.quantizers.base import check_int, nearest_level
+from tfquant.quantizers.multivalued import interval_bounds, snap_centers
+
+
+def _contract(kernel, state, progress):
+    """One shift + contraction + clip step of one layer (graph code)."""
+    centers = state["centers"]
+    count = centers.shape[0]
+    weights = tf.convert_to_tensor(kernel)
+    _, index = nearest_level(weights, centers)
+    flat, flat_index = tf.reshape(weights, [-1]), tf.reshape(index, [-1])
+    sums = tf.math.unsorted_segment_sum(flat, flat_index, count)
+    counts = tf.math.unsorted_segment_sum(tf.ones_like(flat), flat_index, count)
+    shifted = tf.where(counts > 0, sums / tf.maximum(counts, 1.0), centers)  # interval shift
+    outer = state["interval_bounds"]
+    bounds = tf.concat([outer[:1], (shifted[1:] + shifted[:-1]) / 2.0, outer[-1:]], axis=0)
+    keep = 1.0 - progress  # interval contraction: widths shrink linearly to 0
+    left = keep * tf.maximum(shifted - bounds[:-1], 0.0)
+    right = keep * tf.maximum(bounds[1:] - shifted, 0.0)
+    center = tf.gather(shifted, index)
+    weights = tf.clip_by_value(
+        weights, center - tf.gather(left, index), center + tf.gather(right, index)
+    )
+    kernel.assign(weights)
+    centers.assign(shifted)
+    state["interval_bounds"].assign(bounds)
+    state["adaptation"].assign(progress)
+    state["schedule_step"].assign_add(1.0)
+
+
+class IntervalContraction(keras.callbacks.Callback):
+    """MVQ: interval shift and contraction to weight sharing over `epochs` epochs.
+
+    Args:
+      epochs: epochs over which the intervals contract to their centers.
+      steps_per_epoch: batches per epoch when `fit` cannot know it.
+      verbose: 1 prints a line when the layers are shared.
+
+    Example:
+      >>> schedule = IntervalContraction(epochs=4)
+      >>> IntervalContraction.from_config(schedule.get_config()).get_config() == (
+      ...     schedule.get_config())
+      True
+    """
+
+    def __init__(self, epochs=8, steps_per_epoch=None, verbose=1):
+        super().__init__()
+        self.epochs = check_int("epochs", epochs, 1, 100_000)
+        self.steps_per_epoch = (
+            None
+            if steps_per_epoch is None
+            else check_int("steps_per_epoch", steps_per_epoch, 1, 10**9)
+        )
+        self.verbose = check_int("verbose", verbose, 0, 2)
+        self._layers = None
+
+    def get_config(self):
+        return {
+            "epochs": self.epochs,
+            "steps_per_epoch": self.steps_per_epoch,
+            "verbose": self.verbose,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def epochs_needed(self, model):
+        """Epochs of `fit` for the intervals to contract fully."""
+        masked_multivalued_layers(model, type(self).__name__)
+        return self.epochs
+
+    def on_train_begin(self, logs=None):
+        self._layers = masked_multivalued_layers(self.model, type(self).__name__)
+        steps = self.steps_per_epoch or (self.params or {}).get("steps")
+        if not steps:
+            raise ValueError(
+                "IntervalContraction needs the number of batches per epoch: pass "
+                "steps_per_epoch to fit() or to IntervalContraction. "
+                "Received: steps_per_epoch=None"
+            )
+        self._total = self.epochs * int(steps)
+        self._step_fn = tf.function(self._apply, jit_compile=True)
+        self._hold_fn = tf.function(self._hold_all, jit_compile=True)
+
+    def _hold_all(self):
+        for layer in self._layers:
+            hold(layer.kernel, layer.state)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._step = int(self._layers[0].state["schedule_step"].numpy())
+
+    def _apply(self, progress):
+        for layer in self._layers:
+            _contract(layer.kernel, layer.state, progress)
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            say(
+                f"IntervalContraction: loss is {float(loss)}; the contraction does not advance.",
+                self.verbose,
+            )
+            return
+        if self._step >= self._total:
+            self._hold_fn()  # shared weights stay on their centers
+            return
+        self._step += 1
+        progress = min(self._step / self._total, 1.0)
+        self._step_fn(tf.constant(progress, tf.float32))
+        if self._step == self._total:
+            self._share()
+
+    def _share(self):
+        for layer in self._layers:
+            state = layer.state
+            kernel = layer.kernel.numpy()
+            centers = snap_centers(state["centers"].numpy())
+            state["centers"].assign(centers)
+            state["interval_bounds"].assign(interval_bounds(centers, kernel.min(), kernel.max()))
+            layer.kernel.assign(nearest_level(tf.constant(kernel), tf.constant(centers))[0])
+            state["frozen_mask"].assign(tf.ones_like(state["frozen_mask"]))
+            state["interval_done"].assign(tf.ones_like(state["interval_done"]))
+        say(
+            f"IntervalContraction: {len(self._layers)} layers contracted to shared weights.",
+            self.verbose,
+        )
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update(layer_scalars(self._layers))
