@@ -4,9 +4,9 @@ float start and the same number of quantization epochs for every row.
 Run: python benchmarks/schedules.py [--datasets mnist fashion_mnist] [--epochs 8]
        [--float-epochs 8] [--bits 4 3 2] [--json benchmarks/results/schedules.json]
 Rows per dataset: float; for each bit width and for ternary (3 levels): naive (every weight
-snapped to its k-means center from the start, then fine-tuned) and MPA (masked quantizer +
-PhaseAdaptation with epochs_per_phase = epochs / levels, so the last phase ends with training).
-MVQ / SLQ / MLQ rows come with those schedules.
+snapped to its k-means center from the start, then fine-tuned), MVQ (IntervalContraction over
+all epochs), SLQ (PartitionRounds, zero cluster first), MLQ (IncrementalLayers, ternary only)
+and MPA (PhaseAdaptation with epochs_per_phase = epochs / levels).
 """
 
 import argparse
@@ -33,6 +33,22 @@ def _accuracy(model, x, y):
     return float(model.evaluate(x, y, verbose=0, batch_size=1000)[1])
 
 
+def _schedule(method, levels, epochs):
+    """The schedule of one row, fitted into `epochs` epochs."""
+    if method == "MPA":
+        return tfq.callbacks.PhaseAdaptation(epochs_per_phase=epochs / levels, verbose=0)
+    if method == "MVQ":
+        return tfq.callbacks.IntervalContraction(epochs=epochs, verbose=0)
+    if method == "SLQ":
+        rounds = min(levels, epochs)
+        return tfq.callbacks.PartitionRounds(
+            rounds=rounds, epochs_per_round=epochs // rounds, order="zero_first", verbose=0
+        )
+    if method == "MLQ":  # LeNet-5 has 4 quantized layers
+        return tfq.callbacks.IncrementalLayers(epochs_per_layer=max(1, epochs // 4), verbose=0)
+    raise ValueError(f"unknown method {method!r}")
+
+
 def run_dataset(name, args):
     (x, y), (x_test, y_test) = datasets.load(name)
     float_model = _compile(lenet5(seed=args.seed), 1e-3)
@@ -51,18 +67,15 @@ def run_dataset(name, args):
     print(f"{name}: float {rows[0]['accuracy']:.4f}", flush=True)
     widths = [(2**b, f"{b}-bit") for b in args.bits] + [(3, "ternary")]
     for levels, label in widths:
-        for method in ("naive", "MPA"):
+        for method in [m for m in args.methods if m != "MLQ" or levels == 3]:
             start = time.perf_counter()
             mode = "snap" if method == "naive" else "masked"
             scheme = tfq.schemes.Multivalued(levels=levels, mode=mode)
             qmodel = _compile(tfq.quantize_model(float_model, scheme), args.learning_rate)
-            callbacks = []
-            if method == "MPA":
-                per_phase = args.epochs / levels
-                callbacks = [tfq.callbacks.PhaseAdaptation(epochs_per_phase=per_phase, verbose=0)]
-                if callbacks[0].epochs_needed(qmodel) > args.epochs:
-                    print(f"  skip MPA {label}: needs {levels} phases > {args.epochs} epochs")
-                    continue
+            callbacks = [] if method == "naive" else [_schedule(method, levels, args.epochs)]
+            if callbacks and callbacks[0].epochs_needed(qmodel) > args.epochs:
+                print(f"  skip {method} {label}: needs more than {args.epochs} epochs")
+                continue
             qmodel.fit(
                 x, y, epochs=args.epochs, batch_size=args.batch, verbose=0, callbacks=callbacks
             )
@@ -91,6 +104,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["mnist", "fashion_mnist"])
     parser.add_argument("--bits", nargs="+", type=int, default=[4, 3, 2])
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["naive", "MVQ", "SLQ", "MLQ", "MPA"],
+        help="rows per width: naive MVQ SLQ MLQ MPA (MLQ runs for ternary only)",
+    )
     parser.add_argument("--epochs", type=int, default=8, help="quantization epochs per row")
     parser.add_argument("--float-epochs", type=int, default=8)
     parser.add_argument("--batch", type=int, default=128)
