@@ -62,6 +62,13 @@ def masked_multivalued_layers(model, schedule):
     return layers
 
 
+def compiled(function, model):
+    """`tf.function` for a schedule's per-batch update: XLA-fused on one device; plain under a
+    multi-replica strategy (XLA cannot touch the replicas' variables on other devices)."""
+    replicas = model.distribute_strategy.num_replicas_in_sync
+    return tf.function(function, jit_compile=replicas == 1)
+
+
 def recluster_free_weights(layer):
     """k-means on the free weights for the unfinished intervals; finished ones stay (MPA,
     end of "Fine-tuning"; SLQ's re-clustering between rounds). New centers stay on the

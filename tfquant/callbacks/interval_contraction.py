@@ -14,7 +14,13 @@ choice (it reaches zero width exactly at the end, which weight sharing requires)
 import numpy as np
 
 from tfquant._keras import keras, tf
-from tfquant.callbacks.base import hold, layer_scalars, masked_multivalued_layers, say
+from tfquant.callbacks.base import (
+    compiled,
+    hold,
+    layer_scalars,
+    masked_multivalued_layers,
+    say,
+)
 from tfquant.quantizers.base import check_int, nearest_level
 from tfquant.quantizers.multivalued import interval_bounds, snap_centers
 
@@ -97,8 +103,8 @@ class IntervalContraction(keras.callbacks.Callback):
                 "Received: steps_per_epoch=None"
             )
         self._total = self.epochs * int(steps)
-        self._step_fn = tf.function(self._apply, jit_compile=True)
-        self._hold_fn = tf.function(self._hold_all, jit_compile=True)
+        self._step_fn = compiled(self._apply, self.model)
+        self._hold_fn = compiled(self._hold_all, self.model)
 
     def _hold_all(self):
         for layer in self._layers:

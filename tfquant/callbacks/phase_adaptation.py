@@ -13,6 +13,7 @@ import numpy as np
 from tfquant._keras import keras, tf
 from tfquant.callbacks.base import (
     clip_free,
+    compiled,
     layer_scalars,
     masked_multivalued_layers,
     recluster_free_weights,
@@ -187,7 +188,7 @@ class PhaseAdaptation(keras.callbacks.Callback):
         self._layers = self._ordered(self.model)
         self._offset = self._offsets(self._layers)
         self._per_phase = self._units_per_phase()
-        self._step_fn = tf.function(self._apply, jit_compile=True)
+        self._step_fn = compiled(self._apply, self.model)
 
     def on_epoch_begin(self, epoch, logs=None):
         # Python mirrors of two variables, read back at every epoch start (after

@@ -11,8 +11,9 @@ import math
 
 import numpy as np
 
-from tfquant._keras import keras, tf
+from tfquant._keras import keras
 from tfquant.callbacks.base import (
+    compiled,
     freeze_intervals,
     hold,
     layer_scalars,
@@ -37,7 +38,7 @@ class _EpochSchedule(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._layers = self._arrange(masked_multivalued_layers(self.model, type(self).__name__))
-        self._hold = tf.function(self._hold_all, jit_compile=True)
+        self._hold = compiled(self._hold_all, self.model)
 
     def _hold_all(self):
         for layer in self._layers:
