@@ -14,10 +14,9 @@ import json
 import os
 import time
 
-from tfquant.models import datasets, lenet5
-
 import tfquant as tfq
 from tfquant._keras import keras
+from tfquant.models import datasets, lenet5
 
 
 def _compile(model, learning_rate):

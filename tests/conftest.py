@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from tfquant.models import datasets, digits_cnn
 
 import tfquant as tfq
+from tfquant.models import datasets, digits_cnn
 
 keras = tfq.keras
 

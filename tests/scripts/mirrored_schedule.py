@@ -5,10 +5,10 @@ must be configured before TensorFlow initializes them). Prints 'replicas identic
 import sys
 
 import numpy as np
-from tfquant.models import datasets, digits_cnn
 
 import tfquant as tfq
 from tfquant._keras import quantized_weights, tf
+from tfquant.models import datasets, digits_cnn
 
 keras = tfq.keras
 cpu = tf.config.list_physical_devices("CPU")[0]
