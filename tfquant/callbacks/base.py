@@ -8,7 +8,7 @@ import numpy as np
 from tfquant._keras import quantized_weights, tf
 from tfquant.coding.division import divide
 from tfquant.options import Mode
-from tfquant.quantizers.base import _LEVELS_IN_INT8, nearest_level
+from tfquant.quantizers.base import _LEVELS_IN_INT8, check_int, nearest_level
 from tfquant.quantizers.multivalued import MultivaluedQuantizer, interval_bounds
 
 logger = logging.getLogger("tfquant")
@@ -60,6 +60,42 @@ def masked_multivalued_layers(model, schedule):
             f"{hint} Received: model {model.name!r}"
         )
     return layers
+
+
+def order_by_names(layers, names):
+    """`layers` with the named ones first, in the order of `names`; the rest keep model order.
+
+    Raises:
+      ValueError: a name is not one of the scheduled layers.
+    """
+    known = [layer.name for layer in layers]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(
+            f"order names layers that have no masked multivalued quantizer: {unknown}. "
+            f"Allowed: {known}. Received: order={names!r}"
+        )
+    rank = {name: i for i, name in enumerate(names)}
+    return sorted(layers, key=lambda layer: rank.get(layer.name, len(rank)))
+
+
+def check_steps_per_epoch(value):
+    """Validates an optional `steps_per_epoch` argument."""
+    if value is None:
+        return None
+    return check_int("steps_per_epoch", value, 1, 10**9)
+
+
+def batches_per_epoch(callback):
+    """Batches per epoch for a batch-level schedule: its own setting, else what `fit` knows."""
+    steps = callback.steps_per_epoch or (callback.params or {}).get("steps")
+    if not steps:
+        name = type(callback).__name__
+        raise ValueError(
+            f"{name} needs the number of batches per epoch: pass steps_per_epoch to fit() or "
+            f"to {name}. Received: steps_per_epoch=None"
+        )
+    return int(steps)
 
 
 def compiled(function, model):

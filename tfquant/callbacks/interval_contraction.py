@@ -15,6 +15,8 @@ import numpy as np
 
 from tfquant._keras import keras, tf
 from tfquant.callbacks.base import (
+    batches_per_epoch,
+    check_steps_per_epoch,
     compiled,
     hold,
     layer_scalars,
@@ -69,11 +71,7 @@ class IntervalContraction(keras.callbacks.Callback):
     def __init__(self, epochs=8, steps_per_epoch=None, verbose=1):
         super().__init__()
         self.epochs = check_int("epochs", epochs, 1, 100_000)
-        self.steps_per_epoch = (
-            None
-            if steps_per_epoch is None
-            else check_int("steps_per_epoch", steps_per_epoch, 1, 10**9)
-        )
+        self.steps_per_epoch = check_steps_per_epoch(steps_per_epoch)
         self.verbose = check_int("verbose", verbose, 0, 2)
         self._layers = None
 
@@ -95,14 +93,7 @@ class IntervalContraction(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._layers = masked_multivalued_layers(self.model, type(self).__name__)
-        steps = self.steps_per_epoch or (self.params or {}).get("steps")
-        if not steps:
-            raise ValueError(
-                "IntervalContraction needs the number of batches per epoch: pass "
-                "steps_per_epoch to fit() or to IntervalContraction. "
-                "Received: steps_per_epoch=None"
-            )
-        self._total = self.epochs * int(steps)
+        self._total = self.epochs * batches_per_epoch(self)
         self._step_fn = compiled(self._apply, self.model)
         self._hold_fn = compiled(self._hold_all, self.model)
 

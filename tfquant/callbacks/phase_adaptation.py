@@ -12,10 +12,13 @@ import numpy as np
 
 from tfquant._keras import keras, tf
 from tfquant.callbacks.base import (
+    batches_per_epoch,
+    check_steps_per_epoch,
     clip_free,
     compiled,
     layer_scalars,
     masked_multivalued_layers,
+    order_by_names,
     recluster_free_weights,
     say,
 )
@@ -119,11 +122,7 @@ class PhaseAdaptation(keras.callbacks.Callback):
         if update not in _UPDATES:
             raise ValueError(f"update must be one of {_UPDATES}. Received: update={update!r}")
         self.update = update
-        self.steps_per_epoch = (
-            None
-            if steps_per_epoch is None
-            else check_int("steps_per_epoch", steps_per_epoch, 1, 10**9)
-        )
+        self.steps_per_epoch = check_steps_per_epoch(steps_per_epoch)
         self.verbose = check_int("verbose", verbose, 0, 2)
         self._layers = None
 
@@ -148,15 +147,7 @@ class PhaseAdaptation(keras.callbacks.Callback):
     def _ordered(self, model):
         layers = masked_multivalued_layers(model, type(self).__name__)
         if isinstance(self.order, list):
-            names = [layer.name for layer in layers]
-            unknown = [n for n in self.order if n not in names]
-            if unknown:
-                raise ValueError(
-                    f"order names layers that have no masked multivalued quantizer: {unknown}. "
-                    f"Allowed: {names}. Received: order={self.order!r}"
-                )
-            rank = {name: i for i, name in enumerate(self.order)}
-            layers = sorted(layers, key=lambda layer: rank.get(layer.name, len(rank)))
+            layers = order_by_names(layers, self.order)
         return layers
 
     def _offsets(self, layers):
@@ -175,13 +166,7 @@ class PhaseAdaptation(keras.callbacks.Callback):
     def _units_per_phase(self):
         if self.update == "epoch":
             return int(self.epochs_per_phase)
-        steps = self.steps_per_epoch or (self.params or {}).get("steps")
-        if not steps:
-            raise ValueError(
-                "PhaseAdaptation(update='batch') needs the number of batches per epoch: pass "
-                "steps_per_epoch to fit() or to PhaseAdaptation. Received: steps_per_epoch=None"
-            )
-        return max(1, round(self.epochs_per_phase * int(steps)))
+        return max(1, round(self.epochs_per_phase * batches_per_epoch(self)))
 
     # -- Keras hooks -------------------------------------------------------------------------
     def on_train_begin(self, logs=None):

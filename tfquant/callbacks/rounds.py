@@ -18,6 +18,7 @@ from tfquant.callbacks.base import (
     hold,
     layer_scalars,
     masked_multivalued_layers,
+    order_by_names,
     recluster_free_weights,
     say,
 )
@@ -216,15 +217,7 @@ class IncrementalLayers(_EpochSchedule):
             return layers[::-1]
         if self.order == "sequential":
             return layers
-        names = [layer.name for layer in layers]
-        unknown = [n for n in self.order if n not in names]
-        if unknown:
-            raise ValueError(
-                f"order names layers without a masked multivalued quantizer: {unknown}. "
-                f"Allowed: {names}. Received: order={self.order!r}"
-            )
-        rank = {name: i for i, name in enumerate(self.order)}
-        return sorted(layers, key=lambda layer: rank.get(layer.name, len(rank)))
+        return order_by_names(layers, self.order)
 
     def epochs_needed(self, model):
         """Epochs of `fit` for the last layer's compensation epochs to run."""
