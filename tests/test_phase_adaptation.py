@@ -231,3 +231,16 @@ def test_config_round_trip():
     )
     clone = tfq.callbacks.PhaseAdaptation.from_config(schedule.get_config())
     assert clone.get_config() == schedule.get_config()
+
+
+def test_tensorboard_gets_schedule_scalars(float_model, digits, tmp_path):
+    x, y = _subset(digits, 64)
+    qmodel = _scheduled(float_model, bits=1)
+    board = keras.callbacks.TensorBoard(str(tmp_path))
+    schedule = tfq.callbacks.PhaseAdaptation(epochs_per_phase=1, verbose=0)
+    qmodel.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[schedule, board])
+    tags = set()
+    for path in (tmp_path / "train").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags |= {value.tag for value in event.summary.value}
+    assert {"epoch_quant_fc1/frozen_fraction", "epoch_quant_fc1/quantization_error"} <= tags
