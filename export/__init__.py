@@ -1,8 +1,28 @@
 """tfquant.export: integer TFLite export whose kernels are exactly the trained values, the
-exactness check, and latency measurement.
+exactness check, and latency measurement (host, Android over adb, Edge TPU).
 """
 
-from tfquant.export.benchmark import benchmark
+from tfquant.export.android import android_devices, parse_benchmark_model_output
+from tfquant.export.benchmark import TargetUnavailableError, benchmark
+from tfquant.export.edgetpu import (
+    EDGETPU_OPS,
+    EdgeTpuReport,
+    edgetpu_report,
+    parse_edgetpu_compiler_output,
+)
 from tfquant.export.tflite import ExportCheckError, TfliteReport, check_tflite, to_tflite
 
-__all__ = ["to_tflite", "check_tflite", "TfliteReport", "ExportCheckError", "benchmark"]
+__all__ = [
+    "to_tflite",
+    "check_tflite",
+    "TfliteReport",
+    "ExportCheckError",
+    "benchmark",
+    "TargetUnavailableError",
+    "edgetpu_report",
+    "EdgeTpuReport",
+    "EDGETPU_OPS",
+    "parse_edgetpu_compiler_output",
+    "parse_benchmark_model_output",
+    "android_devices",
+]

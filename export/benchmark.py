@@ -1,33 +1,48 @@
-"""Latency of a TFLite model. Host: the LiteRT interpreter, timed per invoke."""
+"""Latency of a TFLite model. Host: the LiteRT interpreter, timed per invoke. Android: the
+TFLite `benchmark_model` tool driven over adb (`android.py`). Edge TPU: `edgetpu_compiler`,
+then the LiteRT interpreter with the Edge TPU delegate (`edgetpu.py`).
+"""
 
 import time
 
 import numpy as np
 
-_TARGETS = ("host",)
+TARGETS = ("host", "android", "edgetpu")
+
+# Keyword arguments that only one target uses, with their defaults.
+_TARGET_ARGUMENTS = {
+    "android": {
+        "serial": None,
+        "benchmark_binary": None,
+        "use_xnnpack": None,
+        "use_gpu": False,
+        "use_nnapi": False,
+        "adb": "adb",
+    },
+    "edgetpu": {"compiler": "edgetpu_compiler"},
+}
 
 
-def benchmark(tfl, target="host", runs=200, warmup=20, threads=1):
-    """Measures inference latency of `tfl` on `target`.
+class TargetUnavailableError(RuntimeError):
+    """The benchmark target (a tool, a device, a runtime library) is missing on this machine.
 
-    Args:
-      tfl: .tflite bytes.
-      target: "host" (the LiteRT Python interpreter on this machine).
-      runs: timed invocations (>= 1). warmup: untimed invocations first (>= 0).
-      threads: interpreter threads (>= 1).
-
-    Returns:
-      dict with `target`, `runs`, `threads`, `median_us`, `p90_us`, `mean_us`.
+    The message says what to install or attach.
     """
-    if target not in _TARGETS:
-        raise ValueError(f"target must be one of {_TARGETS}. Received: target={target!r}")
-    for name, value, low in (("runs", runs, 1), ("warmup", warmup, 0), ("threads", threads, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}. Received: {name}={value!r}")
-    from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_content=bytes(tfl), num_threads=threads)
-    interpreter.allocate_tensors()
+
+def check_count(name, value, low):
+    """Raises ValueError unless `value` is an integer >= `low` (booleans are rejected)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}. Received: {name}={value!r}")
+
+
+def check_model_bytes(tfl):
+    if not isinstance(tfl, (bytes, bytearray, memoryview)):
+        raise TypeError(f"tfl must be the bytes of a .tflite model. Received: {type(tfl).__name__}")
+
+
+def time_interpreter(interpreter, runs, warmup):
+    """Feeds zeros, runs `warmup` untimed then `runs` timed invocations; returns µs stats."""
     for detail in interpreter.get_input_details():
         interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
     for _ in range(warmup):
@@ -38,10 +53,77 @@ def benchmark(tfl, target="host", runs=200, warmup=20, threads=1):
         interpreter.invoke()
         timings[i] = (time.perf_counter_ns() - start) / 1e3
     return {
-        "target": target,
-        "runs": runs,
-        "threads": threads,
         "median_us": float(np.median(timings)),
         "p90_us": float(np.percentile(timings, 90)),
         "mean_us": float(timings.mean()),
     }
+
+
+def benchmark(tfl, target="host", runs=200, warmup=20, threads=1, **target_arguments):
+    """Measures inference latency of `tfl` on `target`.
+
+    Args:
+      tfl: .tflite bytes.
+      target: "host" (the LiteRT Python interpreter on this machine), "android" (the TFLite
+        `benchmark_model` tool on a phone attached over adb, see `android.benchmark_android`)
+        or "edgetpu" (compiled with `edgetpu_compiler`, run with the Edge TPU delegate on an
+        attached Coral device, see `edgetpu.benchmark_edgetpu`).
+      runs: timed invocations (>= 1). warmup: untimed invocations first (>= 0).
+      threads: CPU threads (>= 1).
+      **target_arguments: for "android": `benchmark_binary` (required: path of a
+        `benchmark_model` executable built for the phone), `serial=None`,
+        `use_xnnpack=None`, `use_gpu=False`, `use_nnapi=False`, `adb="adb"`; for
+        "edgetpu": `compiler="edgetpu_compiler"`.
+
+    Returns:
+      dict with `target`, `runs`, `threads`, `median_us`, `p90_us`, `mean_us`. Android adds
+      `std_us`, `min_us`, `max_us`, `init_us`, `peak_memory_mb` (and reports `median_us` and
+      `p90_us` as None: `benchmark_model` does not print them); the Edge TPU adds
+      `edgetpu_ops` and `cpu_ops` (the compiler's op split).
+
+    Raises:
+      ValueError: a bad argument, or an argument another target uses.
+      TargetUnavailableError: the tool, device or runtime library of the target is missing.
+
+    Example:
+      >>> benchmark(b"", target="gpu")
+      Traceback (most recent call last):
+      ...
+      ValueError: target must be one of ('host', 'android', 'edgetpu'). Received: target='gpu'
+    """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}. Received: target={target!r}")
+    for name, value, low in (("runs", runs, 1), ("warmup", warmup, 0), ("threads", threads, 1)):
+        check_count(name, value, low)
+    known = {name for arguments in _TARGET_ARGUMENTS.values() for name in arguments}
+    for name, value in target_arguments.items():
+        if name not in known:
+            raise TypeError(
+                f"benchmark() got an unexpected keyword argument {name!r}. Allowed: {sorted(known)}"
+            )
+        if name not in _TARGET_ARGUMENTS.get(target, {}):
+            owner = next(t for t, arguments in _TARGET_ARGUMENTS.items() if name in arguments)
+            if value != _TARGET_ARGUMENTS[owner][name]:
+                raise ValueError(
+                    f"{name} applies only to target={owner!r}. Received: {name}={value!r} "
+                    f"with target={target!r}"
+                )
+    options = {k: v for k, v in target_arguments.items() if k in _TARGET_ARGUMENTS.get(target, {})}
+    check_model_bytes(tfl)
+
+    if target == "android":
+        from tfquant.export.android import benchmark_android
+
+        return benchmark_android(tfl, runs=runs, warmup=warmup, threads=threads, **options)
+    if target == "edgetpu":
+        from tfquant.export.edgetpu import benchmark_edgetpu
+
+        return benchmark_edgetpu(tfl, runs=runs, warmup=warmup, threads=threads, **options)
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=bytes(tfl), num_threads=threads)
+    interpreter.allocate_tensors()
+    return {"target": target, "runs": runs, "threads": threads} | time_interpreter(
+        interpreter, runs, warmup
+    )

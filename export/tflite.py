@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow_model_optimization as tfmot
 
 from tfquant._keras import check_keras2_model, keras, quantized_activations, quantized_weights, tf
+from tfquant.export.flatbuffer import stored_tensors
 from tfquant.quantizers.base import TfquantQuantizer
 
 _KERNEL_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
@@ -111,7 +112,7 @@ def export_copy(qmodel, int4=False):
     return copy, int4_layers
 
 
-def to_tflite(qmodel, representative_data, int4=False, int8_io=True):
+def to_tflite(qmodel, representative_data, int4=False, int8_io=True, batch_size=None):
     """Converts a tfquant QAT model to a full-integer TFLite flatbuffer.
 
     Every kernel is stored as int8 codes whose dequantized values are exactly the trained
@@ -127,6 +128,9 @@ def to_tflite(qmodel, representative_data, int4=False, int8_io=True):
         speed, and not for the Edge TPU.
       int8_io: int8 model input and output (default); False keeps float32 input/output with
         quantize/dequantize ops at the edges.
+      batch_size: None keeps the model's batch dimension (usually dynamic: the flatbuffer's
+        shape signature says -1); an integer fixes it, as the Edge TPU compiler requires
+        (`batch_size=1`).
 
     Returns:
       The .tflite flatbuffer as bytes.
@@ -142,14 +146,34 @@ def to_tflite(qmodel, representative_data, int4=False, int8_io=True):
             "tfquant quantizer"
         )
     data = _check_representative(representative_data, qmodel)
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise ValueError(
+            f"batch_size must be None or a positive integer. Received: batch_size={batch_size!r}"
+        )
+    if batch_size is not None and len(data) < batch_size:
+        raise ValueError(
+            f"representative_data must hold at least batch_size={batch_size} samples. "
+            f"Received: {len(data)}"
+        )
     per_channel = _granularity(entries)
     copy, _ = export_copy(qmodel, int4=int4)
+    step = batch_size or 1
 
     def representative_dataset():
-        for sample in data[: min(len(data), 500)]:
-            yield [sample[None]]
+        usable = data[: max(step, min(len(data), 500) // step * step)]
+        for start in range(0, len(usable), step):
+            yield [usable[start : start + step]]
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(copy)
+    if batch_size is None:
+        converter = tf.lite.TFLiteConverter.from_keras_model(copy)
+    else:
+        spec = tf.TensorSpec([batch_size, *copy.input_shape[1:]], tf.float32)
+        function = tf.function(lambda inputs: copy(inputs, training=False))
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [function.get_concrete_function(spec)], copy
+        )
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative_dataset
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -188,6 +212,7 @@ class KernelCheck:
     codebook_size: int
     max_abs_error: float  # |dequantized TFLite value - trained value|, max over the tensor
     exact: bool
+    stored_type: str = "INT8"  # the flatbuffer's tensor type ("INT4" for packed kernels)
 
 
 @dataclasses.dataclass
@@ -286,6 +311,14 @@ def run_tflite(tfl, inputs, interpreter=None):
     return np.stack(outputs)
 
 
+def _stored_type(stored, detail):
+    tensor = stored.get(detail["index"])
+    if tensor is None or tensor.name != detail["name"]:
+        matches = [t for t in stored.values() if t.name == detail["name"]]
+        tensor = matches[0] if matches else None
+    return tensor.type if tensor is not None else "UNKNOWN"
+
+
 def check_tflite(tfl, qmodel, data=None, labels=None, strict=True, min_agreement=0.99):
     """Proves that `tfl` is the integer version of `qmodel`.
 
@@ -308,6 +341,7 @@ def check_tflite(tfl, qmodel, data=None, labels=None, strict=True, min_agreement
     """
     interpreter = _interpreter(tfl)
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    stored = {t.index: t for t in stored_tensors(tfl)}
     ops = interpreter._get_ops_details()
     op_names, float_ops, kernel_tensors = [], [], []
     for op in ops:
@@ -351,6 +385,7 @@ def check_tflite(tfl, qmodel, data=None, labels=None, strict=True, min_agreement
                 codebook_size=int(quantizer.levels),
                 max_abs_error=error,
                 exact=error <= 1e-3 * step + 1e-7,
+                stored_type=_stored_type(stored, detail),
             )
         )
 

@@ -10,6 +10,7 @@ Import tfquant before TensorFlow: it pins `tf.keras` to Keras 2 (tf_keras), whic
 from tfquant import callbacks, coding, configs, quantizers, schemes  # noqa: E402
 from tfquant._keras import keras, tf  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS)
 from tfquant.quantize import quantize_annotate_layer, quantize_apply, quantize_model  # noqa: E402
+from tfquant.saving import load_model  # noqa: E402
 from tfquant.summary import LayerSummary, summary  # noqa: E402
 
 __version__ = "0.1.0"
@@ -37,4 +38,5 @@ __all__ = [
     "quantize_annotate_layer",
     "summary",
     "LayerSummary",
+    "load_model",
 ]

@@ -1,0 +1,233 @@
+"""`python -m tfquant.export`: SavedModel of a tfquant QAT model -> checked integer .tflite and
+a JSON model card (sizes, ops, codebooks, exactness, agreement, latency).
+
+    python -m tfquant.export --model=qmodel_savedmodel --out=model.tflite \\
+        --representative=mnist [--int4] [--benchmark=host] [--report=card.json]
+
+Nothing is overwritten without --overwrite; files are written atomically.
+"""
+
+import collections
+import json
+import os
+import sys
+
+import numpy as np
+from absl import flags
+
+_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+_TARGETS = ("host", "android", "edgetpu")
+
+# A private flag set: importing this module never touches absl's global FLAGS.
+FLAGS = flags.FlagValues()
+flags.DEFINE_string(
+    "model", None, "SavedModel directory of a tfquant QAT model.", flag_values=FLAGS
+)
+flags.DEFINE_string("out", None, "Path of the .tflite file to write.", flag_values=FLAGS)
+flags.DEFINE_bool(
+    "int4", False, "Store 4-bit-grid kernels as INT4 (size, not speed).", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "representative",
+    "digits",
+    "Calibration and check data: one of digits, mnist, fashion_mnist, cifar10, or an .npz "
+    "file with an array `x` (inputs) and optionally `y` (integer labels).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "samples", 500, "Samples for calibration and for the check.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "benchmark", None, "Latency target: host, android or edgetpu.", flag_values=FLAGS
+)
+flags.DEFINE_integer("threads", 1, "Interpreter threads for --benchmark.", flag_values=FLAGS)
+flags.DEFINE_integer("runs", 200, "Timed runs for --benchmark.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "serial", None, "adb serial of the Android device (--benchmark=android).", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "benchmark_binary",
+    None,
+    "Path of TFLite's benchmark_model binary for the phone (--benchmark=android).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string("report", None, "Path of the JSON model card to write.", flag_values=FLAGS)
+flags.DEFINE_bool("overwrite", False, "Replace existing --out / --report files.", flag_values=FLAGS)
+
+
+class UsageError(ValueError):
+    """A flag value the CLI cannot use; the message names the flag."""
+
+
+def _check_flags(values):
+    if not values.model:
+        raise UsageError("--model is required: the SavedModel directory of a QAT model.")
+    if not values.out:
+        raise UsageError("--out is required: the path of the .tflite file to write.")
+    for name in ("out", "report"):
+        path = getattr(values, name)
+        if path and os.path.exists(path) and not values.overwrite:
+            raise UsageError(
+                f"--{name}={path} exists; pass --overwrite to replace it (nothing was written)."
+            )
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise UsageError(f"--{name}={path}: its folder does not exist.")
+    if values.benchmark is not None and values.benchmark not in _TARGETS:
+        raise UsageError(
+            f"--benchmark must be one of {', '.join(_TARGETS)}. Received: "
+            f"--benchmark={values.benchmark}"
+        )
+    if values.samples < 1:
+        raise UsageError(f"--samples must be >= 1. Received: --samples={values.samples}")
+    rep = values.representative
+    if rep not in _DATASETS and not rep.endswith(".npz"):
+        raise UsageError(
+            f"--representative must be one of {', '.join(_DATASETS)} or an .npz file. "
+            f"Received: --representative={rep}"
+        )
+
+
+def representative_data(spec, samples, input_shape):
+    """`(calibration inputs, check inputs, check labels or None)` for a --representative spec.
+
+    Calibration data come from the training split and the check data from the test split of a
+    named dataset; an .npz file's `x` serves both (and its `y`, if present, as labels).
+    """
+    if spec.endswith(".npz"):
+        if not os.path.isfile(spec):
+            raise UsageError(f"--representative={spec}: no such file.")
+        with np.load(spec, allow_pickle=False) as archive:
+            if "x" not in archive:
+                raise UsageError(
+                    f"--representative={spec} must hold an array named 'x'. Received arrays: "
+                    f"{sorted(archive.files)}"
+                )
+            x = np.asarray(archive["x"], np.float32)[:samples]
+            y = np.asarray(archive["y"])[:samples] if "y" in archive else None
+        calibration, check, labels = x, x, y
+    else:
+        from tfquant.models import datasets
+
+        (x_train, _), (x_test, y_test) = datasets.load(spec)
+        calibration, check, labels = x_train[:samples], x_test[:samples], y_test[:samples]
+    if tuple(calibration.shape[1:]) != tuple(input_shape):
+        raise UsageError(
+            f"--representative={spec} has inputs of shape {tuple(calibration.shape[1:])}, but "
+            f"the model takes {tuple(input_shape)}."
+        )
+    return calibration, check, labels
+
+
+def _codebooks(report, qmodel):
+    from tfquant._keras import quantized_weights
+
+    books = {}
+    for wrapper, weight, quantizer, quantizer_vars in quantized_weights(qmodel):
+        if not hasattr(quantizer, "codebook"):
+            continue
+        book = quantizer.codebook(weight, quantizer_vars)
+        if isinstance(book, list):  # per channel: the channel sizes only
+            books[wrapper.name] = {"per_channel": True, "levels": [int(b.size) for b in book]}
+        else:
+            books[wrapper.name] = {"per_channel": False, "values": [float(v) for v in book]}
+    return books
+
+
+def export_model(values, print_fn=print):
+    """Runs the export described by parsed flag `values`; returns the model card (a dict)."""
+    import tfquant as tfq
+    from tfquant import export
+    from tfquant.export import flatbuffer
+    from tfquant.export.tflite import write_atomic
+
+    _check_flags(values)
+    qmodel = tfq.load_model(values.model)
+    calibration, check, labels = representative_data(
+        values.representative, values.samples, qmodel.input_shape[1:]
+    )
+    tfl = export.to_tflite(qmodel, representative_data=calibration, int4=values.int4)
+    report = export.check_tflite(tfl, qmodel, check, labels, strict=False)
+    card = {
+        "model": os.path.basename(os.path.normpath(values.model)),
+        "tflite": os.path.basename(values.out),
+        "tflite_bytes": len(tfl),
+        "constant_bytes_by_type": flatbuffer.constant_bytes_by_type(tfl),
+        "int4_fraction": flatbuffer.int4_fraction(tfl),
+        "ops": dict(collections.Counter(report.ops)),
+        "float_ops": report.float_ops,
+        "kernels": [
+            {
+                "layer": k.layer,
+                "stored_type": k.stored_type,
+                "shape": list(k.shape),
+                "codes": k.codes,
+                "codebook_size": k.codebook_size,
+                "exact": k.exact,
+                "max_abs_error": k.max_abs_error,
+            }
+            for k in report.kernels
+        ],
+        "codebooks": _codebooks(report, qmodel),
+        "check_samples": report.samples,
+        "agreement": report.agreement,
+        "keras_accuracy": report.keras_accuracy,
+        "tflite_accuracy": report.tflite_accuracy,
+        "exact": report.ok,
+        "failures": report.failures(),
+    }
+    write_atomic(tfl, values.out)
+    print_fn(
+        f"wrote {values.out}: {len(tfl)} bytes, {len(report.kernels)} kernels "
+        f"({'all exact' if report.ok else 'NOT exact: ' + '; '.join(report.failures())}), "
+        f"agreement {report.agreement:.2%} on {report.samples} samples"
+        + (
+            f", accuracy Keras {report.keras_accuracy:.2%} / TFLite {report.tflite_accuracy:.2%}"
+            if report.keras_accuracy is not None
+            else ""
+        )
+    )
+    if values.benchmark:
+        card["latency"] = _latency(tfl, values, print_fn)
+    if values.report:
+        text = json.dumps(card, indent=2, sort_keys=True, default=str).encode()
+        write_atomic(text, values.report)
+        print_fn(f"wrote {values.report}")
+    return card
+
+
+def _latency(tfl, values, print_fn):
+    from tfquant import export
+
+    kwargs = {"target": values.benchmark, "threads": values.threads, "runs": values.runs}
+    if values.benchmark == "android":
+        kwargs.update(serial=values.serial, benchmark_binary=values.benchmark_binary)
+    unavailable = getattr(export, "TargetUnavailableError", RuntimeError)
+    try:
+        result = export.benchmark(tfl, **kwargs)
+    except unavailable as error:
+        print_fn(f"latency on {values.benchmark} not measured: {error}")
+        return {"target": values.benchmark, "error": str(error)}
+    mean = result.get("median_us") or result.get("mean_us")
+    if mean is not None:
+        print_fn(f"latency on {values.benchmark}: {mean:.1f} µs")
+    return result
+
+
+def main(argv=None):
+    """Entry point; returns the process exit status (0 ok, 1 check failed, 2 usage error)."""
+    argv = list(sys.argv if argv is None else argv)
+    try:
+        values = FLAGS(argv)
+        del values
+        card = export_model(FLAGS)
+    except flags.Error as error:
+        print(f"error: {error}\n\nflags:\n{FLAGS.get_help()}", file=sys.stderr)
+        return 2
+    except (UsageError, FileNotFoundError, ValueError, TypeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        FLAGS.unparse_flags()
+    if not card["exact"] or card.get("latency", {}).get("error"):
+        return 1
+    return 0

@@ -1,0 +1,44 @@
+"""Loading a saved tfquant QAT model: the SavedModel format with tfmot's and tfquant's custom
+objects in scope (`.h5` and the tf_keras `.keras` format cannot hold QAT models)."""
+
+import os
+
+import tensorflow_model_optimization as tfmot
+
+from tfquant._keras import keras
+
+
+def load_model(path, compile=False):
+    """Loads a model saved with `qmodel.save(path, save_format="tf")`.
+
+    Args:
+      path: the SavedModel directory.
+      compile: also restore the optimizer and loss (default False: for export and inference).
+
+    Returns:
+      The tf_keras model, with its tfquant quantizers and their state.
+
+    Raises:
+      FileNotFoundError: `path` does not exist.
+      ValueError: `path` is not a SavedModel directory (e.g. an `.h5` or `.keras` file).
+
+    Example:
+      >>> qmodel = load_model("qmodel_savedmodel")  # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"path must be a SavedModel directory. Received: path={path!r} (does not exist)"
+        )
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        raise ValueError(
+            "path must be a SavedModel directory (saved with qmodel.save(path, "
+            "save_format='tf'); .h5 and .keras files cannot hold QAT models). Received: "
+            f"path={path!r} (no saved_model.pb in it)"
+        )
+    # Registers tfquant's serializable classes before Keras resolves them.
+    import tfquant.configs  # noqa: F401
+    import tfquant.quantizers  # noqa: F401
+
+    with tfmot.quantization.keras.quantize_scope():
+        return keras.models.load_model(path, compile=compile)
