@@ -1,5 +1,6 @@
 """tfquant.export: integer TFLite export whose kernels are exactly the trained values, the
-exactness check, and latency measurement (host, Android over adb, Edge TPU).
+exactness check, latency measurement (host, Android over adb, Edge TPU) and TFLite Micro's
+arena.
 """
 
 from tfquant.export.android import android_devices, parse_benchmark_model_output
@@ -10,6 +11,7 @@ from tfquant.export.edgetpu import (
     edgetpu_report,
     parse_edgetpu_compiler_output,
 )
+from tfquant.export.micro import MicroReport, micro_report
 from tfquant.export.tflite import ExportCheckError, TfliteReport, check_tflite, to_tflite
 
 __all__ = [
@@ -25,4 +27,6 @@ __all__ = [
     "parse_edgetpu_compiler_output",
     "parse_benchmark_model_output",
     "android_devices",
+    "micro_report",
+    "MicroReport",
 ]

@@ -2,7 +2,7 @@
 a JSON model card (sizes, ops, codebooks, exactness, agreement, latency).
 
     python -m tfquant.export --model=qmodel_savedmodel --out=model.tflite \\
-        --representative=mnist [--int4] [--benchmark=host] [--report=card.json]
+        --representative=mnist [--int4] [--benchmark=host] [--micro] [--report=card.json]
 
 Nothing is overwritten without --overwrite; files are written atomically.
 """
@@ -50,6 +50,9 @@ flags.DEFINE_string(
     None,
     "Path of TFLite's benchmark_model binary for the phone (--benchmark=android).",
     flag_values=FLAGS,
+)
+flags.DEFINE_bool(
+    "micro", False, "Run the model in TFLite Micro and report its tensor arena.", flag_values=FLAGS
 )
 flags.DEFINE_string("report", None, "Path of the JSON model card to write.", flag_values=FLAGS)
 flags.DEFINE_bool("overwrite", False, "Replace existing --out / --report files.", flag_values=FLAGS)
@@ -188,6 +191,8 @@ def export_model(values, print_fn=print):
     )
     if values.benchmark:
         card["latency"] = _latency(tfl, values, print_fn)
+    if values.micro:
+        card["micro"] = _micro(tfl, check, print_fn)
     if values.report:
         text = json.dumps(card, indent=2, sort_keys=True, default=str).encode()
         write_atomic(text, values.report)
@@ -213,6 +218,21 @@ def _latency(tfl, values, print_fn):
     return result
 
 
+def _micro(tfl, check, print_fn):
+    from tfquant import export
+
+    try:
+        report = export.micro_report(tfl, check[:100])
+    except export.TargetUnavailableError as error:
+        print_fn(f"TFLite Micro not run: {error}")
+        return {"error": str(error)}
+    print_fn(
+        f"TFLite Micro: arena {report.arena_bytes} bytes, agreement with LiteRT "
+        f"{report.agreement:.2%} on {report.samples} samples"
+    )
+    return report.get_config()
+
+
 def main(argv=None):
     """Entry point; returns the process exit status (0 ok, 1 check failed, 2 usage error)."""
     argv = list(sys.argv if argv is None else argv)
@@ -228,6 +248,6 @@ def main(argv=None):
         return 2
     finally:
         FLAGS.unparse_flags()
-    if not card["exact"] or card.get("latency", {}).get("error"):
+    if not card["exact"] or any(card.get(k, {}).get("error") for k in ("latency", "micro")):
         return 1
     return 0

@@ -49,6 +49,7 @@ def test_cli_end_to_end_in_a_subprocess(multivalued_savedmodel, tmp_path):
         "--samples=200",
         "--benchmark=host",
         "--runs=5",
+        "--micro",
         f"--report={report}",
     ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -65,6 +66,7 @@ def test_cli_end_to_end_in_a_subprocess(multivalued_savedmodel, tmp_path):
     assert card["agreement"] >= 0.95 and card["check_samples"] == 200
     assert card["latency"]["target"] == "host" and card["latency"]["median_us"] > 0
     assert card["int4_fraction"] == 0.0
+    assert card["micro"]["arena_bytes"] > 0 and card["micro"]["agreement"] >= 0.98
 
 
 def _run(*args):
