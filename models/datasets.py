@@ -119,7 +119,7 @@ def load(name, data_dir=None, test_fraction=0.2, seed=0, verify=True, limit=None
     """
     if name not in _NAMES:
         raise ValueError(f"name must be one of {_NAMES}. Received: name={name!r}")
-    limits = _split_limits(limit)
+    limits = check_limit(limit)
     if name == "digits":
         return _take(_digits(test_fraction, seed), limits)
     if name == "cifar10":
@@ -139,8 +139,12 @@ def load(name, data_dir=None, test_fraction=0.2, seed=0, verify=True, limit=None
     return _take(_from_tfds(name, tried, "the IDX files"), limits)
 
 
-def _split_limits(limit):
-    """`limit` -> `{"train": n or None, "test": n or None}`."""
+def check_limit(limit):
+    """Validates `load`'s `limit`; returns `{"train": n or None, "test": n or None}`.
+
+    >>> check_limit(500), check_limit((500, None))
+    ({'train': 500, 'test': 500}, {'train': 500, 'test': None})
+    """
     pair = limit if isinstance(limit, (tuple, list)) else (limit, limit)
     valid = len(pair) == 2 and all(
         n is None or (isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1)

@@ -3,7 +3,7 @@ with a scheme, fine-tune it under a schedule (MPA, MVQ, SLQ or MLQ), evaluate, o
 exact integer TFLite, and print one result line.
 
     python -m tfquant.models.train --model=digits_cnn --dataset=digits --scheme=multivalued \\
-        --bits=3 --schedule=mpa --float_epochs=20 --epochs=8 --tflite_out=/tmp/digits.tflite
+        --bits=3 --schedule=mpa --float_epochs=20 --epochs=8 --tflite_out=digits.tflite
 
 `train(...)` does the same from Python and returns the result as a dict.
 """
@@ -71,6 +71,10 @@ def _check_arguments(args):
         _check_int(name, args[name], 0)
     _check_int("batch_size", args["batch_size"], 1)
     _check_int("seed", args["seed"], 0)
+    try:
+        datasets.check_limit(args["limit"])
+    except ValueError as error:
+        raise UsageError("limit", str(error)) from error
     for name in ("learning_rate", "qat_learning_rate"):
         value = args[name]
         if value is None and name == "qat_learning_rate":
@@ -303,12 +307,7 @@ def train(
     keras_verbose = 1 if verbose else 0
     keras.utils.set_random_seed(seed)
     float_model = build_model(model, _INPUT_SHAPES[dataset], seed=seed)
-    try:
-        limits = None if limit is None else datasets._split_limits(limit)
-    except ValueError as error:
-        raise UsageError("limit", str(error)) from error
-    limits = None if limits is None else (limits["train"], limits["test"])
-    (x, y), (x_test, y_test) = datasets.load(dataset, data_dir=data_dir, limit=limits)
+    (x, y), (x_test, y_test) = datasets.load(dataset, data_dir=data_dir, limit=limit)
 
     def tensorboard(name):
         if not tensorboard_dir:
@@ -524,13 +523,14 @@ def _parse_limit(values):
 
 def main(argv=None):
     """Runs the CLI on `argv` (the arguments without the program name; default
-    `sys.argv[1:]`). Prints the result line; returns the exit status (0 ok, 1 the TFLite check
-    failed, 2 bad flags)."""
+    `sys.argv[1:]`). Prints the result line; returns the exit status: 0 ok, 1 the dataset was
+    not found or is corrupt, or the exported TFLite failed its check, 2 bad flags."""
     argv = sys.argv[1:] if argv is None else list(argv)
     flag_values = define_flags(flags.FlagValues())
     if any(arg in ("-h", "-help", "--help", "--helpfull") for arg in argv):
-        print(__doc__)
-        print(flag_values.get_help())
+        # absl groups flags under their defining module's file path; keep only the flags.
+        text = flag_values.get_help(include_special_flags=False).splitlines()
+        print(__doc__ + "\nFlags:\n" + "\n".join(line for line in text if line.startswith(" ")))
         return 0
     try:
         rest = flag_values([_PROGRAM, *argv])
@@ -548,6 +548,9 @@ def main(argv=None):
             value = ",".join(value)
         print(f"{_PROGRAM}: error: flag --{error.flag}={value}: {error}", file=sys.stderr)
         return 2
+    except datasets.DatasetError as error:
+        print(f"{_PROGRAM}: error: {error}", file=sys.stderr)
+        return 1
     print(format_result(result))
     return 1 if result["tflite_ok"] is False else 0
 
