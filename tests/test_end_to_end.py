@@ -149,3 +149,36 @@ def test_check_tflite_fails_loudly_on_a_float_model(float_model, digits):
         export.check_tflite(float_tfl, qmodel, x_test[:20])
     report = export.check_tflite(float_tfl, qmodel, strict=False)
     assert not report.ok and not any(k.exact for k in report.kernels)
+
+
+def _expected_codebook_floats(quantizer):
+    name = type(quantizer).__name__
+    if name == "UniformQuantizer":
+        return 1  # one scale
+    if name == "TernaryQuantizer":
+        return 1 if quantizer.method.value == "twn" else 2
+    if name == "LearnedBasisQuantizer":
+        return quantizer.bits  # the basis
+    return quantizer.levels  # the centers
+
+
+@pytest.mark.parametrize(
+    "scheme",
+    [
+        lambda: tfq.schemes.Uniform(bits=8),
+        lambda: tfq.schemes.Ternary(method="ttq"),
+        lambda: tfq.schemes.LearnedBasis(weight_bits=2, activation_bits=None),
+        lambda: tfq.schemes.Multivalued(bits=3),
+    ],
+)
+def test_summary_counts_what_defines_each_codebook(float_model, scheme):
+    qmodel = tfq.quantize_model(float_model, scheme())
+    for row, (_, _, quantizer, _) in zip(
+        tfq.summary(qmodel, print_fn=None), tfq._keras.quantized_weights(qmodel), strict=True
+    ):
+        floats = _expected_codebook_floats(quantizer)
+        assert quantizer.codebook_floats() == floats
+        codebooks = quantizer.num_channels if quantizer.per_channel else 1
+        index_bits = max(1, int(np.ceil(np.log2(max(row.levels, 2)))))
+        assert row.fixed_bytes == -(-row.weights * index_bits // 8) + 4 * floats * codebooks
+        assert row.fixed_bytes < 4 * row.weights  # smaller than float32

@@ -24,7 +24,8 @@ class LayerSummary:
       entropy_bits: empirical entropy of the quantized values, bits per weight (per channel
         codebooks: of the per-channel code indices, averaged).
       fixed_bytes: size with fixed-length codes, ceil(log2(levels)) bits per weight, plus the
-        float32 codebook(s).
+        float32 numbers that define the codebook(s): the centers, or a scale (uniform, TWN),
+        two scales (TTQ) or a basis (LQ-Nets) per codebook.
       entropy_bytes: the entropy bound of the codes plus the codebook(s).
     """
 
@@ -60,11 +61,11 @@ def _summarize(wrapper, weight, quantizer, quantizer_vars):
         view = quantized.reshape(-1, quantizer.num_channels)
         distinct = max(np.unique(view[:, c]).size for c in range(view.shape[1]))
         entropy = float(np.mean([entropy_bits(view[:, c]) for c in range(view.shape[1])]))
-        codebook_floats = view.shape[1] * levels
+        codebook_floats = view.shape[1] * quantizer.codebook_floats()
     else:
         distinct = np.unique(quantized).size
         entropy = entropy_bits(quantized)
-        codebook_floats = levels
+        codebook_floats = quantizer.codebook_floats()
     frozen = 1.0
     if "frozen_mask" in quantizer_vars and getattr(quantizer, "mode", None) == "masked":
         frozen = float(np.mean(quantizer_vars["frozen_mask"].numpy()))

@@ -180,6 +180,12 @@ class TfquantQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
             inputs, -bound, bound, num_bits=self._export_bits, narrow_range=True
         )
 
+    def codebook_floats(self):
+        """Floats that describe one codebook (one per channel for per-channel quantizers):
+        the centers themselves by default; a scale or a basis where the values follow from it.
+        `tfq.summary` counts 4 bytes for each."""
+        return int(self.levels)
+
     def initialize(self, kernel, weights, importance=None):
         """Sets the quantizer's state from the layer's current (float) kernel. Default: none.
 

@@ -165,6 +165,9 @@ class LearnedBasisQuantizer(TfquantQuantizer):
     def get_config(self):
         return {"bits": self.bits, "per_channel": self.per_channel, "momentum": self.momentum}
 
+    def codebook_floats(self):
+        return self.bits  # the basis v; the levels are its signed binary combinations
+
 
 @keras.utils.register_keras_serializable(package="tfquant")
 class LearnedBasisActivationQuantizer(TfquantQuantizer):

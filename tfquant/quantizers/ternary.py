@@ -164,3 +164,6 @@ class TernaryQuantizer(TfquantQuantizer):
             "per_channel": self.per_channel,
             "threshold": self.threshold,
         }
+
+    def codebook_floats(self):
+        return 1 if self.method is TernaryMethod.TWN else 2  # TWN: one scale; TTQ: Wp and Wn

@@ -92,3 +92,6 @@ class UniformQuantizer(TfquantQuantizer):
 
     def get_config(self):
         return {"bits": self.bits, "per_channel": self.per_channel}
+
+    def codebook_floats(self):
+        return 1  # the scale: level i is i * scale
