@@ -1,6 +1,7 @@
 """tfquant.models: reference networks and offline-first dataset loaders."""
 
 from tfquant.models import datasets
+from tfquant.models.baselines import BASELINES, pretrained
 from tfquant.models.digits import digits_cnn
 from tfquant.models.lenet import lenet5, lenet300_100
 from tfquant.models.mobilenet import tiny_mobilenet
@@ -15,4 +16,6 @@ __all__ = [
     "resnet20",
     "resnet32",
     "tiny_mobilenet",
+    "pretrained",
+    "BASELINES",
 ]
