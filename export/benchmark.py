@@ -20,7 +20,9 @@ _TARGET_ARGUMENTS = {
         "adb": "adb",
     },
     "edgetpu": {"compiler": "edgetpu_compiler"},
+    "host": {"tool": "interpreter"},
 }
+HOST_TOOLS = ("interpreter", "litert-benchmark")
 
 
 class TargetUnavailableError(RuntimeError):
@@ -73,7 +75,10 @@ def benchmark(tfl, target="host", runs=200, warmup=20, threads=1, **target_argum
       **target_arguments: for "android": `benchmark_binary` (required: path of a
         `benchmark_model` executable built for the phone), `serial=None`,
         `use_xnnpack=None`, `use_gpu=False`, `use_nnapi=False`, `adb="adb"`; for
-        "edgetpu": `compiler="edgetpu_compiler"`.
+        "edgetpu": `compiler="edgetpu_compiler"`; for "host": `tool="interpreter"` (the
+        Python interpreter timed per invoke) or `tool="litert-benchmark"` (the ai-edge-litert
+        wheel's `litert-benchmark` command on the CompiledModel API, whose figures are printed
+        in 10 µs steps).
 
     Returns:
       dict with `target`, `runs`, `threads`, `median_us`, `p90_us`, `mean_us`. Android adds
@@ -120,10 +125,79 @@ def benchmark(tfl, target="host", runs=200, warmup=20, threads=1, **target_argum
 
         return benchmark_edgetpu(tfl, runs=runs, warmup=warmup, threads=threads, **options)
 
+    if options.get("tool", "interpreter") not in HOST_TOOLS:
+        raise ValueError(f"tool must be one of {HOST_TOOLS}. Received: tool={options['tool']!r}")
+    if options.get("tool") == "litert-benchmark":
+        return litert_benchmark(tfl, runs=runs, warmup=warmup, threads=threads)
+
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_content=bytes(tfl), num_threads=threads)
     interpreter.allocate_tensors()
-    return {"target": target, "runs": runs, "threads": threads} | time_interpreter(
-        interpreter, runs, warmup
+    return {
+        "target": target,
+        "tool": "interpreter",
+        "runs": runs,
+        "threads": threads,
+    } | time_interpreter(interpreter, runs, warmup)
+
+
+def litert_benchmark(tfl, runs=200, warmup=20, threads=1, command="litert-benchmark"):
+    """Runs the `litert-benchmark` command of the ai-edge-litert wheel on `tfl` and reads its
+    JSON result. Returns the `benchmark` dict (`tool` says which), plus `init_us`, `min_us`,
+    `max_us`, `std_us`; `p90_us` is the tool's p95 (it prints no p90) and is named so."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    path = shutil.which(command) or shutil.which(
+        command, path=os.path.dirname(os.path.abspath(sys.executable))
     )
+    if path is None:
+        raise TargetUnavailableError(
+            f"{command} is not on PATH: it comes with the ai-edge-litert wheel (pip install "
+            "ai-edge-litert); use tool='interpreter' otherwise."
+        )
+    check_model_bytes(tfl)
+    with tempfile.TemporaryDirectory() as folder:
+        model, result = os.path.join(folder, "model.tflite"), os.path.join(folder, "result.json")
+        with open(model, "wb") as stream:
+            stream.write(bytes(tfl))
+        done = subprocess.run(
+            [
+                path,
+                "--model",
+                model,
+                "--num_runs",
+                str(runs),
+                "--warmup_runs",
+                str(warmup),
+                "--num_threads",
+                str(threads),
+                "--result_json",
+                result,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if done.returncode or not os.path.exists(result):
+            raise ValueError(f"{command} failed on the model: {done.stderr.strip()[-1000:]}")
+        with open(result) as stream:
+            latency = json.load(stream)["latency"]
+    return {
+        "target": "host",
+        "tool": "litert-benchmark",
+        "runs": runs,
+        "threads": threads,
+        "median_us": latency["median_ms"] * 1e3,
+        "p95_us": latency["p95_ms"] * 1e3,
+        "mean_us": latency["avg_ms"] * 1e3,
+        "min_us": latency["min_ms"] * 1e3,
+        "max_us": latency["max_ms"] * 1e3,
+        "std_us": latency["std_ms"] * 1e3,
+        "init_us": latency["init_ms"] * 1e3,
+    }

@@ -243,7 +243,7 @@ def main(argv=None):
     except flags.Error as error:
         print(f"error: {error}\n\nflags:\n{FLAGS.get_help()}", file=sys.stderr)
         return 2
-    except (UsageError, FileNotFoundError, ValueError, TypeError) as error:
+    except (UsageError, OSError, ValueError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     finally:

@@ -135,16 +135,14 @@ def to_tflite(qmodel, representative_data, int4=False, int8_io=True, batch_size=
     Returns:
       The .tflite flatbuffer as bytes.
 
+    A model without tfquant quantizers (a float model, or tfmot's own QAT) is converted with
+    the plain full-int8 path and a warning.
+
     Raises:
-      TypeError / ValueError: not a tfquant QAT model, or bad `representative_data`.
+      TypeError / ValueError: not a built tf_keras model, or bad `representative_data`.
     """
     check_keras2_model(qmodel, "qmodel")
     entries = _tfquant_weights(qmodel)
-    if not entries:
-        raise ValueError(
-            "qmodel must be a model returned by tfq.quantize_model. Received: a model with no "
-            "tfquant quantizer"
-        )
     data = _check_representative(representative_data, qmodel)
     if batch_size is not None and (
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
@@ -157,8 +155,18 @@ def to_tflite(qmodel, representative_data, int4=False, int8_io=True, batch_size=
             f"representative_data must hold at least batch_size={batch_size} samples. "
             f"Received: {len(data)}"
         )
-    per_channel = _granularity(entries)
-    copy, _ = export_copy(qmodel, int4=int4)
+    if entries:
+        per_channel = _granularity(entries)
+        copy, _ = export_copy(qmodel, int4=int4)
+    else:
+        warnings.warn(
+            f"qmodel {qmodel.name!r} has no tfquant quantizer (not a model from "
+            "tfq.quantize_model): it is converted with TFLite's plain post-training full-int8 "
+            "quantization, so its kernels are the converter's rounding of the float weights, "
+            "not a trained codebook, and int4 is ignored.",
+            stacklevel=2,
+        )
+        per_channel, copy = True, qmodel
     step = batch_size or 1
 
     def representative_dataset():

@@ -110,10 +110,15 @@ def test_bad_representative_data(qmodel, data, error, fragment):
     assert all(np.array_equal(a, b) for a, b in zip(before, qmodel.get_weights(), strict=True))
 
 
-def test_export_needs_a_tfquant_model(float_model, digits):
-    (x, _), _ = digits
-    with pytest.raises(ValueError, match="tfq.quantize_model"):
-        export.to_tflite(float_model, x[:4])
+def test_export_of_a_float_model_warns_and_takes_the_plain_path(float_model, digits):
+    (x, _), (x_test, _) = digits
+    before = [w.copy() for w in float_model.get_weights()]
+    with pytest.warns(UserWarning, match="no tfquant quantizer"):
+        tfl = export.to_tflite(float_model, x[:32])
+    report = export.check_tflite(tfl, float_model, x_test[:100], strict=False)
+    assert not report.float_ops and not report.kernels  # integer, no codebook to compare
+    assert report.agreement >= 0.9
+    assert all(np.array_equal(a, b) for a, b in zip(before, float_model.get_weights(), strict=True))
 
 
 def test_quantize_model_leaves_user_model_untouched(float_model):

@@ -156,3 +156,16 @@ def test_fixed_batch_export_is_static_and_exact(multivalued_savedmodel, digits):
     assert report.ok and report.agreement >= 0.99
     with pytest.raises(ValueError, match="batch_size must be None or a positive integer"):
         export.to_tflite(qmodel, x_test[:16], batch_size=0)
+
+
+def test_unwritable_output_is_a_clear_error(multivalued_savedmodel, tmp_path, capsys, monkeypatch):
+    from tfquant.export import tflite
+
+    def refuse(data, path):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(tflite, "write_atomic", refuse)  # as a read-only folder would
+    out = tmp_path / "m.tflite"
+    assert _run(f"--model={multivalued_savedmodel}", f"--out={out}", "--samples=16") == 2
+    assert "Permission denied" in capsys.readouterr().err
+    assert not out.exists()

@@ -456,3 +456,16 @@ def test_edgetpu_argument_errors():
         export.edgetpu_report("model.tflite", compiler=None)
     with pytest.raises(ValueError, match="compiler must be None or the name or path"):
         export.benchmark(b"m", target="edgetpu", compiler=3)
+
+
+def test_host_litert_benchmark_tool(digits_tflite):
+    dynamic, _ = digits_tflite
+    result = export.benchmark(dynamic, runs=20, warmup=2, tool="litert-benchmark")
+    assert result["tool"] == "litert-benchmark" and result["runs"] == 20
+    assert 0 <= result["min_us"] <= result["mean_us"] <= result["max_us"]  # 10 µs steps
+    assert result["init_us"] > 0
+    assert export.benchmark(dynamic, runs=5, warmup=0)["tool"] == "interpreter"
+    with pytest.raises(ValueError, match="tool must be one of"):
+        export.benchmark(dynamic, tool="perf")
+    with pytest.raises(ValueError, match="tool applies only to target='host'"):
+        export.benchmark(dynamic, target="edgetpu", tool="litert-benchmark")
