@@ -41,7 +41,7 @@ BENCHMARKS = {
         "Compression (LeNet-300-100, LeNet-5 on MNIST)",
         ["benchmarks/compression.py"],
         [],
-        ["--quick"],
+        ["--limit", "10000", "--test-limit", "5000", "--epochs", "3", "--ratios", "60", "100"],
     ),
     "latency": (
         "Host latency and file size vs tfmot int8 (LeNet-5)",
@@ -95,7 +95,7 @@ def _run(name, quick):
         print(f"[{name}] skipped: {script} does not exist yet")
         return None
     arguments = reduced if quick else full
-    json_path = os.path.join(RESULTS, f"{name}.json")
+    json_path = os.path.join("benchmarks", "results", f"{name}.json")  # relative to ROOT
     full_command = [sys.executable, *command, *arguments, "--json", json_path]
     print(f"[{name}] {' '.join(full_command[1:])}", flush=True)
     done = subprocess.run(
@@ -106,12 +106,15 @@ def _run(name, quick):
         return False
     stamp = datetime.date.today().isoformat()
     header = (
-        f"# {title}\n# python {' '.join(command + arguments)}   ({stamp}, "
+        f"# python {' '.join(command + arguments)}   ({stamp}, "
         f"{'quick' if quick else 'full'} settings, {os.cpu_count()} CPU cores, "
         f"{platform.machine()})\n"
     )
+    table = "\n".join(
+        line for line in done.stdout.strip().splitlines() if not line.startswith("wrote ")
+    )
     with open(os.path.join(RESULTS, f"{name}.txt"), "w") as stream:
-        stream.write(header + done.stdout.strip() + "\n")
+        stream.write(header + table + "\n")
     print(done.stdout)
     return True
 

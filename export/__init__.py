@@ -11,6 +11,7 @@ from tfquant.export.edgetpu import (
     edgetpu_report,
     parse_edgetpu_compiler_output,
 )
+from tfquant.export.flatbuffer import InvalidTfliteError
 from tfquant.export.micro import MicroReport, micro_report
 from tfquant.export.tflite import ExportCheckError, TfliteReport, check_tflite, to_tflite
 
@@ -19,6 +20,7 @@ __all__ = [
     "check_tflite",
     "TfliteReport",
     "ExportCheckError",
+    "InvalidTfliteError",
     "benchmark",
     "TargetUnavailableError",
     "edgetpu_report",

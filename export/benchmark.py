@@ -130,10 +130,14 @@ def benchmark(tfl, target="host", runs=200, warmup=20, threads=1, **target_argum
     if options.get("tool") == "litert-benchmark":
         return litert_benchmark(tfl, runs=runs, warmup=warmup, threads=threads)
 
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import OpResolverType
 
-    interpreter = Interpreter(model_content=bytes(tfl), num_threads=threads)
-    interpreter.allocate_tensors()
+    from tfquant.export.tflite import load_interpreter
+
+    # The default op resolver (with XNNPACK), as a deployed model runs.
+    interpreter = load_interpreter(
+        tfl, num_threads=threads, experimental_op_resolver_type=OpResolverType.AUTO
+    )
     return {
         "target": target,
         "tool": "interpreter",

@@ -217,20 +217,15 @@ def check_ops(ops, tensors, graph_inputs=()):
 
 
 def _details(tfl):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from tfquant.export.tflite import litert_errors, load_interpreter
 
     check_model_bytes(tfl)
-    try:
-        # No allocation: a model with dynamic shapes or custom ops is still readable.
-        interpreter = Interpreter(
-            model_content=bytes(tfl),
-            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-        )
-    except (ValueError, RuntimeError) as error:
-        raise ValueError(f"tfl is not a valid TFLite flatbuffer: {error}") from error
-    tensors = {d["index"]: d for d in interpreter.get_tensor_details()}
-    inputs = [d["index"] for d in interpreter.get_input_details()]
-    return interpreter._get_ops_details(), tensors, inputs
+    # No allocation: a model with dynamic shapes or custom ops is still readable.
+    interpreter = load_interpreter(tfl, allocate=False)
+    with litert_errors("could not be read"):
+        tensors = {d["index"]: d for d in interpreter.get_tensor_details()}
+        inputs = [d["index"] for d in interpreter.get_input_details()]
+        return interpreter._get_ops_details(), tensors, inputs
 
 
 def parse_edgetpu_compiler_output(text):

@@ -110,6 +110,7 @@ def micro_report(tfl, data=None, arena_size=None):
 
     Raises:
       TargetUnavailableError: the `tflite-micro` package is not installed.
+      InvalidTfliteError (a ValueError): `tfl` is not a valid TFLite model.
       ValueError: the model does not load in TFLM (e.g. float or unsupported ops).
     """
     if not isinstance(tfl, (bytes, bytearray)):
@@ -122,6 +123,10 @@ def micro_report(tfl, data=None, arena_size=None):
             f"arena_size must be None or an integer >= 1024. Received: arena_size={arena_size!r}"
         )
     runtime = _runtime()
+    from tfquant.export.tflite import load_interpreter
+
+    # TFLM trusts its input: `validate` and LiteRT's flatbuffers Verifier see the file first.
+    load_interpreter(tfl, allocate=False)
     arena_size = arena_size or (16 << 20) + len(tfl)
     text = []
     try:
@@ -135,15 +140,15 @@ def micro_report(tfl, data=None, arena_size=None):
     if data is None:
         return report
 
-    from tfquant.export.tflite import run_tflite
+    from tfquant.export.tflite import check_input_data, run_tflite
 
-    data = np.asarray(data, np.float32)
     detail = interpreter.get_input_details(0)
     if np.dtype(detail["dtype"]) != np.int8:
         raise ValueError(
             "micro_report runs int8-input models (to_tflite's default int8_io=True). Received: "
             f"input dtype {np.dtype(detail['dtype']).name}"
         )
+    data = check_input_data(data, tuple(detail["shape"][1:]), "data", "tfl's input")
     scale = float(detail["quantization_parameters"]["scales"][0])
     zero = int(detail["quantization_parameters"]["zero_points"][0])
     output = interpreter.get_output_details(0)

@@ -7,6 +7,7 @@ convert with a representative dataset. Per-layer codebooks need the converter's 
 requantization disabled; per-channel codebooks keep it.
 """
 
+import contextlib
 import dataclasses
 import os
 import tempfile
@@ -16,8 +17,8 @@ import numpy as np
 import tensorflow_model_optimization as tfmot
 
 from tfquant._keras import check_keras2_model, keras, quantized_activations, quantized_weights, tf
-from tfquant.export.flatbuffer import stored_tensors
-from tfquant.quantizers.base import TfquantQuantizer
+from tfquant.export.flatbuffer import InvalidTfliteError, stored_tensors, validate
+from tfquant.quantizers.base import TfquantQuantizer, check_bool, check_float
 
 _KERNEL_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 # Ops that move or reinterpret int8 data without arithmetic on floats.
@@ -32,31 +33,42 @@ def _tfquant_weights(model):
     return [e for e in quantized_weights(model) if isinstance(e[2], TfquantQuantizer)]
 
 
-def _check_representative(data, model):
+def check_input_data(data, shape, name="representative_data", against="the model input"):
+    """`data` as float32 after the checks: an array (not a tf.data.Dataset), at least one
+    sample, shape (N, *shape), finite. Errors name the argument `name`."""
     if isinstance(data, tf.data.Dataset):
         raise TypeError(
-            "representative_data must be a NumPy array of model inputs (take a slice, e.g. "
+            f"{name} must be a NumPy array of model inputs (take a slice, e.g. "
             "x_train[:100]). Received: a tf.data.Dataset"
         )
     try:
         data = np.asarray(data, dtype=np.float32)
     except (TypeError, ValueError) as error:
-        raise TypeError(
-            f"representative_data must be a float array. Received: {type(data).__name__}"
-        ) from error
-    expected = tuple(model.input_shape[1:])
+        raise TypeError(f"{name} must be a float array. Received: {type(data).__name__}") from error
+    expected = tuple(shape)
     if data.ndim == 0 or data.shape[0] == 0:
-        raise ValueError(
-            f"representative_data must hold at least one sample. Received: shape {data.shape}"
-        )
+        raise ValueError(f"{name} must hold at least one sample. Received: shape {data.shape}")
     if tuple(data.shape[1:]) != expected:
         raise ValueError(
-            f"representative_data must have shape (N, {', '.join(map(str, expected))}) to "
-            f"match the model input. Received: shape {data.shape}"
+            f"{name} must have shape (N, {', '.join(map(str, expected))}) to match {against}. "
+            f"Received: shape {data.shape}"
         )
     if not np.all(np.isfinite(data)):
-        raise ValueError("representative_data must be finite. Received: NaN or Inf values")
+        raise ValueError(f"{name} must be finite. Received: NaN or Inf values")
     return data
+
+
+def _check_representative(data, model, name="representative_data"):
+    return check_input_data(data, model.input_shape[1:], name)
+
+
+def _check_finite_weights(qmodel):
+    for variable in qmodel.weights:
+        if variable.dtype.is_floating and not np.all(np.isfinite(variable.numpy())):
+            raise ValueError(
+                "qmodel weights must be finite (did training diverge?). Received: NaN or Inf "
+                f"in {variable.name}"
+            )
 
 
 def _granularity(entries):
@@ -142,7 +154,10 @@ def to_tflite(qmodel, representative_data, int4=False, int8_io=True, batch_size=
       TypeError / ValueError: not a built tf_keras model, or bad `representative_data`.
     """
     check_keras2_model(qmodel, "qmodel")
+    check_bool("int4", int4)
+    check_bool("int8_io", int8_io)
     entries = _tfquant_weights(qmodel)
+    _check_finite_weights(qmodel)
     data = _check_representative(representative_data, qmodel)
     if batch_size is not None and (
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
@@ -266,21 +281,41 @@ def _tflite_layout(kernel, quantizer):
     return kernel.T  # Dense [in, out] -> [out, in]
 
 
-def _interpreter(tfl):
+@contextlib.contextmanager
+def litert_errors(action):
+    """Turns what the LiteRT interpreter raises while it reads or runs `tfl` (ValueError,
+    RuntimeError, a tensor name that is not UTF-8, ...) into `InvalidTfliteError` naming
+    `tfl` and `action`."""
+    try:
+        yield
+    except InvalidTfliteError:
+        raise
+    except (ValueError, RuntimeError) as error:
+        raise InvalidTfliteError(f"tfl {action}: LiteRT says: {error}") from error
+
+
+def load_interpreter(tfl, allocate=True, **options):
+    """A LiteRT interpreter for `tfl`, after `flatbuffer.validate` (which keeps corrupt files
+    that crash the native interpreter away from it), without the default XNNPACK delegate so
+    the op list is the model's own ops. Errors while loading or allocating become
+    `InvalidTfliteError` (a ValueError) naming `tfl`."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    if not isinstance(tfl, (bytes, bytearray)):
-        raise TypeError(f"tfl must be the bytes of a .tflite model. Received: {type(tfl).__name__}")
+    validate(tfl)
+    options.setdefault(
+        "experimental_op_resolver_type", OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
     try:
-        # Without the default XNNPACK delegate, so the op list is the model's own ops.
-        interpreter = Interpreter(
-            model_content=bytes(tfl),
-            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-        )
-        interpreter.allocate_tensors()
+        interpreter = Interpreter(model_content=bytes(tfl), **options)
+        if allocate:
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as error:
-        raise ValueError(f"tfl is not a valid TFLite flatbuffer: {error}") from error
+        raise InvalidTfliteError(f"tfl is not a valid TFLite flatbuffer: {error}") from error
     return interpreter
+
+
+def _interpreter(tfl):
+    return load_interpreter(tfl)
 
 
 def _dequantized(interpreter, detail):
@@ -300,22 +335,32 @@ def _dequantized(interpreter, detail):
 def run_tflite(tfl, inputs, interpreter=None):
     """Runs a single-input TFLite model on `inputs` (float) sample by sample; float outputs."""
     interpreter = interpreter or _interpreter(tfl)
-    (input_detail,) = interpreter.get_input_details()
-    (output_detail,) = interpreter.get_output_details()
-    in_scale, in_zero = input_detail["quantization"]
-    out_scale, out_zero = output_detail["quantization"]
-    outputs = []
-    for sample in np.asarray(inputs, np.float32):
-        value = sample[None]
-        if input_detail["dtype"] != np.float32:
-            info = np.iinfo(input_detail["dtype"])
-            value = np.clip(np.round(value / in_scale + in_zero), info.min, info.max)
-        interpreter.set_tensor(input_detail["index"], value.astype(input_detail["dtype"]))
-        interpreter.invoke()
-        result = interpreter.get_tensor(output_detail["index"])[0].astype(np.float32)
-        if output_detail["dtype"] != np.float32:
-            result = (result - out_zero) * out_scale
-        outputs.append(result)
+    with litert_errors("could not be run on the data"):
+        inputs_detail, outputs_detail = (
+            interpreter.get_input_details(),
+            interpreter.get_output_details(),
+        )
+        if len(inputs_detail) != 1 or len(outputs_detail) != 1:
+            raise InvalidTfliteError(
+                "tfl must have one input and one output to run here. Received: "
+                f"{len(inputs_detail)} inputs, {len(outputs_detail)} outputs"
+            )
+        (input_detail,), (output_detail,) = inputs_detail, outputs_detail
+        in_scale, in_zero = input_detail["quantization"]
+        out_scale, out_zero = output_detail["quantization"]
+        outputs = []
+        for sample in np.asarray(inputs, np.float32):
+            value = sample[None]
+            if input_detail["dtype"] != np.float32:
+                info = np.iinfo(input_detail["dtype"])
+                scale = in_scale or 1.0  # a zero scale: an unquantized int input
+                value = np.clip(np.round(value / scale + in_zero), info.min, info.max)
+            interpreter.set_tensor(input_detail["index"], value.astype(input_detail["dtype"]))
+            interpreter.invoke()
+            result = interpreter.get_tensor(output_detail["index"])[0].astype(np.float32)
+            if output_detail["dtype"] != np.float32:
+                result = (result - out_zero) * out_scale
+            outputs.append(result)
     return np.stack(outputs)
 
 
@@ -346,11 +391,29 @@ def check_tflite(tfl, qmodel, data=None, labels=None, strict=True, min_agreement
 
     Returns:
       `TfliteReport`.
+
+    Raises:
+      TypeError / ValueError: a bad argument (named in the message).
+      InvalidTfliteError (a ValueError): `tfl` is not a valid TFLite model.
+      ExportCheckError: with `strict`, a check failed (the message lists each failure).
     """
+    check_keras2_model(qmodel, "qmodel")
+    check_bool("strict", strict)
+    check_float("min_agreement", min_agreement, 0.0, 1.0, low_open=False)
+    if data is not None:
+        data = _check_representative(data, qmodel, "data")
+        if labels is not None:
+            labels = np.asarray(labels).ravel()
+            if labels.shape != (len(data),):
+                raise ValueError(
+                    f"labels must hold one label per sample of data ({len(data)}). Received: "
+                    f"labels of shape {labels.shape}"
+                )
     interpreter = _interpreter(tfl)
-    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    with litert_errors("could not be read"):
+        details = {d["index"]: d for d in interpreter.get_tensor_details()}
+        ops = interpreter._get_ops_details()
     stored = {t.index: t for t in stored_tensors(tfl)}
-    ops = interpreter._get_ops_details()
     op_names, float_ops, kernel_tensors = [], [], []
     for op in ops:
         name = op["op_name"]
@@ -375,7 +438,8 @@ def check_tflite(tfl, qmodel, data=None, labels=None, strict=True, min_agreement
         for detail in kernel_tensors:
             if detail["index"] in used or tuple(detail["shape"]) != expected.shape:
                 continue
-            values, codes = _dequantized(interpreter, detail)
+            with litert_errors("could not be read"):
+                values, codes = _dequantized(interpreter, detail)
             error = float(np.max(np.abs(values - expected))) if expected.size else 0.0
             if error <= 1e-3 * step + 1e-7 or match is None or error < match[1]:
                 match = (detail, error, codes)
@@ -399,14 +463,12 @@ def check_tflite(tfl, qmodel, data=None, labels=None, strict=True, min_agreement
 
     agreement, keras_accuracy, tflite_accuracy, samples = 1.0, None, None, 0
     if data is not None:
-        data = _check_representative(data, qmodel)
         samples = len(data)
         keras_out = qmodel.predict(data, verbose=0, batch_size=256)
         tflite_out = run_tflite(tfl, data)
         keras_pred, tflite_pred = keras_out.argmax(-1), tflite_out.argmax(-1)
         agreement = float(np.mean(keras_pred == tflite_pred))
         if labels is not None:
-            labels = np.asarray(labels).ravel()
             keras_accuracy = float(np.mean(keras_pred == labels))
             tflite_accuracy = float(np.mean(tflite_pred == labels))
 
@@ -424,5 +486,5 @@ def check_tflite(tfl, qmodel, data=None, labels=None, strict=True, min_agreement
     if data is not None and agreement < min_agreement:
         failures.append(f"TFLite agrees with Keras on {agreement:.2%} < {min_agreement:.0%}")
     if strict and failures:
-        raise ExportCheckError("; ".join(failures))
+        raise ExportCheckError("tfl is not an exact export of qmodel: " + "; ".join(failures))
     return report

@@ -120,6 +120,18 @@ def load(name, data_dir=None, test_fraction=0.2, seed=0, verify=True, limit=None
     if name not in _NAMES:
         raise ValueError(f"name must be one of {_NAMES}. Received: name={name!r}")
     limits = check_limit(limit)
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)):
+        raise TypeError(
+            f"test_fraction must be a number. Received: test_fraction={test_fraction!r}"
+        )
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(
+            f"test_fraction must be in (0, 1). Received: test_fraction={test_fraction}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an integer >= 0. Received: seed={seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be an integer >= 0. Received: seed={seed}")
     if name == "digits":
         return _take(_digits(test_fraction, seed), limits)
     if name == "cifar10":

@@ -31,6 +31,40 @@ def float_model(digits):
     return model
 
 
+@pytest.fixture(scope="session")
+def schedule_reference(tmp_path_factory):
+    """A plain single-device run of tests/scripts/schedule_trainer.py (every schedule, the
+    seed and global batch of the fault and multi-worker runs), started in the background when
+    a test first asks for it; `.wait()` returns its output folder."""
+    from tests.scripts import harness
+
+    reference = _Background(harness, tmp_path_factory.mktemp("schedule_reference"))
+    yield reference
+    reference.stop()
+
+
+class _Background:
+    def __init__(self, harness, out):
+        self.harness, self.out = harness, out
+        self.process = harness.start_plain(out)
+        self.error = None
+
+    def wait(self, timeout=600):
+        if self.process.returncode is None and self.error is None:
+            try:
+                self.harness.wait(self.process, timeout)
+            except self.harness.RunError as error:
+                self.error = error
+        if self.error is not None:
+            raise self.error
+        return self.out
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
 def build_quantizer(quantizer, shape, depthwise=False):
     """Builds `quantizer` for a kernel of `shape`, its variables owned by a bare layer."""
     owner = keras.layers.DepthwiseConv2D(3) if depthwise else keras.layers.Layer()

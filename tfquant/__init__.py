@@ -9,6 +9,7 @@ Import tfquant before TensorFlow: it pins `tf.keras` to Keras 2 (tf_keras), whic
 
 from tfquant import callbacks, coding, configs, quantizers, schemes  # noqa: E402
 from tfquant._keras import keras, tf  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS)
+from tfquant.allocation import BitPlan, allocate_bits  # noqa: E402
 from tfquant.quantize import quantize_annotate_layer, quantize_apply, quantize_model  # noqa: E402
 from tfquant.saving import load_model  # noqa: E402
 from tfquant.summary import LayerSummary, summary  # noqa: E402
@@ -18,8 +19,8 @@ __version__ = "0.1.0"
 
 def __getattr__(name):
     # tfquant.export / tfquant.models are separate packages (export/, models/ in the repo);
-    # import them lazily so `import tfquant` stays light.
-    if name in ("export", "models"):
+    # they and tfquant.plots (matplotlib) are imported lazily so `import tfquant` stays light.
+    if name in ("export", "models", "plots"):
         import importlib
 
         return importlib.import_module(f"tfquant.{name}")
@@ -38,5 +39,7 @@ __all__ = [
     "quantize_annotate_layer",
     "summary",
     "LayerSummary",
+    "allocate_bits",
+    "BitPlan",
     "load_model",
 ]

@@ -61,13 +61,42 @@ def initialize_quantizers(qmodel, importance=None):
             quantizer.initialize(weight.numpy(), quantizer_vars, importance=extra)
 
 
-def _check_importance(importance):
-    if importance is not None and not isinstance(importance, dict):
+def _check_importance(importance, model=None):
+    """`importance` must be None or a dict naming quantizable layers of `model`, each with a
+    finite array of that layer's kernel shape."""
+    if importance is None:
+        return
+    if not isinstance(importance, dict):
         raise TypeError(
             "importance must be a dict of layer name -> per-weight array, as returned by "
             "tfq.coding.hessian_diagonal. Received: importance of type "
             f"{type(importance).__name__}"
         )
+    if model is None:
+        return
+    kernels = {}
+    for layer in _quantizable_layers(model):
+        inner = _unwrap(layer)
+        kernels[inner.name] = tuple(getattr(inner, supported_weight_attribute(inner)).shape)
+    for name, values in importance.items():
+        if name not in kernels:
+            raise ValueError(
+                f"importance names layers the model does not quantize. Allowed: "
+                f"{sorted(kernels)}. Received: importance[{name!r}]"
+            )
+        try:
+            values = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise TypeError(
+                f"importance[{name!r}] must be an array of numbers. Received: "
+                f"{type(values).__name__}"
+            ) from error
+        if values.shape != kernels[name] or not np.all(np.isfinite(values)):
+            raise ValueError(
+                f"importance[{name!r}] must be a finite array of the kernel's shape "
+                f"{kernels[name]}. Received: shape {values.shape}"
+                + ("" if np.all(np.isfinite(values)) else " with NaN or Inf")
+            )
 
 
 def quantize_apply(model, scheme, importance=None):
@@ -86,7 +115,7 @@ def quantize_apply(model, scheme, importance=None):
     _check_scheme(scheme)
     _check_graph_model(model)
     _check_finite(model)
-    _check_importance(importance)
+    _check_importance(importance, model)
     eight_bit = []
     if scheme.keep_first_last_8bit:
         layers = _quantizable_layers(model)
@@ -128,6 +157,16 @@ def quantize_model(model, scheme, importance=None):
     check_keras2_model(model)
     _check_scheme(scheme)
     _check_graph_model(model)
+    wrapped = [
+        layer.name
+        for layer in model.layers
+        if isinstance(layer, tfmot.quantization.keras.QuantizeWrapper)
+    ]
+    if wrapped:
+        raise ValueError(
+            "model must be a float model: it is already quantized (its layers "
+            f"{wrapped[:3]} are tfmot QuantizeWrappers). Received: model {model.name!r}"
+        )
     if not _quantizable_layers(model):
         raise ValueError(
             f"model has no layer tfquant can quantize ({_SUPPORTED}). "

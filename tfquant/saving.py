@@ -5,7 +5,8 @@ import os
 
 import tensorflow_model_optimization as tfmot
 
-from tfquant._keras import keras
+from tfquant._keras import keras, tf
+from tfquant.quantizers.base import check_bool
 
 
 def load_model(path, compile=False):
@@ -19,12 +20,22 @@ def load_model(path, compile=False):
       The tf_keras model, with its tfquant quantizers and their state.
 
     Raises:
+      TypeError: `path` is not a path, or `compile` not a bool.
       FileNotFoundError: `path` does not exist.
-      ValueError: `path` is not a SavedModel directory (e.g. an `.h5` or `.keras` file).
+      ValueError: `path` is not a SavedModel directory (e.g. an `.h5` or `.keras` file), or a
+        corrupt or incomplete one (the message has TensorFlow's reason).
 
     Example:
-      >>> qmodel = load_model("qmodel_savedmodel")  # doctest: +SKIP
+      >>> load_model("no/such/qmodel")  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      FileNotFoundError: path must be a SavedModel directory. Received: ...
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"path must be a SavedModel directory (a str or path). Received: path={path!r}"
+        )
+    check_bool("compile", compile)
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(
@@ -40,5 +51,13 @@ def load_model(path, compile=False):
     import tfquant.configs  # noqa: F401
     import tfquant.quantizers  # noqa: F401
 
-    with tfmot.quantization.keras.quantize_scope():
-        return keras.models.load_model(path, compile=compile)
+    try:
+        with tfmot.quantization.keras.quantize_scope():
+            return keras.models.load_model(path, compile=compile)
+    except (OSError, ValueError, KeyError, tf.errors.OpError) as error:
+        # A truncated saved_model.pb, missing or corrupt variables (checksummed), ...
+        reason = str(error).strip().splitlines()[0][:500] if str(error).strip() else ""
+        raise ValueError(
+            f"path is not a readable SavedModel: {type(error).__name__}: {reason}. "
+            f"Received: path={path!r}"
+        ) from error

@@ -38,6 +38,11 @@ class Scheme(tfmot.quantization.keras.QuantizeScheme):
         """A new weight quantizer for one layer."""
         raise NotImplementedError
 
+    def weight_quantizer_for(self, layer):
+        """A new weight quantizer for `layer`; schemes with per-layer settings override it."""
+        del layer
+        return self.weight_quantizer()
+
     def activation_quantizer(self, layer):
         """The activation quantizer for `layer`, or None for tfmot's 8-bit one."""
         del layer
@@ -49,7 +54,7 @@ class Scheme(tfmot.quantization.keras.QuantizeScheme):
         if eight_bit:
             return LayerQuantizeConfig(attribute, UniformQuantizer(8, self.per_channel))
         return LayerQuantizeConfig(
-            attribute, self.weight_quantizer(), self.activation_quantizer(layer)
+            attribute, self.weight_quantizer_for(layer), self.activation_quantizer(layer)
         )
 
     def get_layout_transformer(self):
@@ -107,6 +112,9 @@ class BoundScheme(tfmot.quantization.keras.QuantizeScheme):
         return _Registry(self.scheme, self.eight_bit_layers)
 
 
+_LAYER_OPTIONS = ("bits", "levels", "division", "mode", "entropy_weight", "sparsity")
+
+
 class Multivalued(Scheme):
     """Multivalued (codebook) weights: 2**bits centers per layer (MVQ / MPA).
 
@@ -117,12 +125,21 @@ class Multivalued(Scheme):
         `quantize_model`) or "ecsq" (entropy-constrained, rate weight `entropy_weight`).
       mode: "snap" (naive: all weights snap now) or "masked" (a schedule freezes weights
         gradually; see `tfq.callbacks`).
-      keep_first_last_8bit: see `Scheme`.
+      keep_first_last_8bit: see `Scheme` (it wins over `layers` for those two layers).
       entropy_weight: λ of the "ecsq" division, in units of each layer's weight variance.
+      sparsity: fraction of each layer's weights in a zero interval that quantizes to exactly
+        0 (magnitude pruning inside the codebook), in [0, 1); see `MultivaluedQuantizer`.
+      layers: per-layer settings, a dict layer name -> dict of any of "bits", "levels",
+        "division", "mode", "entropy_weight", "sparsity" that replace the scheme's values for
+        that layer (what `tfq.allocate_bits` produces). Layers not named use the scheme's.
 
     Example:
       >>> scheme = Multivalued(bits=3, division="linear")
       >>> Multivalued.from_config(scheme.get_config()) == scheme
+      True
+      >>> pruned = Multivalued(bits=3, sparsity=0.9, layers={"fc2": {"levels": 5,
+      ...                                                           "sparsity": 0.5}})
+      >>> Multivalued.from_config(pruned.get_config()) == pruned
       True
     """
 
@@ -134,15 +151,70 @@ class Multivalued(Scheme):
         mode="snap",
         keep_first_last_8bit=False,
         entropy_weight=0.1,
+        sparsity=0.0,
+        layers=None,
     ):
         super().__init__(keep_first_last_8bit)
-        self._template = MultivaluedQuantizer(bits, levels, division, mode, entropy_weight)
+        self._template = MultivaluedQuantizer(
+            bits, levels, division, mode, entropy_weight, sparsity
+        )
+        self.layers = _check_layers(layers, self._template.get_config())
 
     def weight_quantizer(self):
         return MultivaluedQuantizer.from_config(self._template.get_config())
 
+    def weight_quantizer_for(self, layer):
+        override = self.layers.get(layer.name)
+        if override is None:
+            return self.weight_quantizer()
+        return MultivaluedQuantizer.from_config(_merged(self._template.get_config(), override))
+
     def get_config(self):
-        return {**self._template.get_config(), **super().get_config()}
+        layers = {name: dict(options) for name, options in self.layers.items()} or None
+        return {**self._template.get_config(), **super().get_config(), "layers": layers}
+
+    def __hash__(self):
+        return hash((type(self).__name__, self._template.get_config()["bits"], len(self.layers)))
+
+
+def _merged(config, override):
+    """The quantizer config with `override` applied; "bits" alone drops the scheme's levels."""
+    merged = {**config, **override}
+    if "bits" in override and "levels" not in override:
+        merged["levels"] = None
+    return merged
+
+
+def _check_layers(layers, config):
+    """Validates `Multivalued(layers=...)`: each entry must make a valid quantizer."""
+    if layers is None:
+        return {}
+    if not isinstance(layers, dict):
+        raise TypeError(
+            "layers must be a dict of layer name -> dict of quantizer settings. Received: "
+            f"layers of type {type(layers).__name__}"
+        )
+    checked = {}
+    for name, options in layers.items():
+        if not isinstance(name, str) or not isinstance(options, dict):
+            raise TypeError(
+                "layers must map layer names (str) to dicts of quantizer settings. Received: "
+                f"layers[{name!r}]={options!r}"
+            )
+        unknown = sorted(set(options) - set(_LAYER_OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"layers[{name!r}] may set {', '.join(_LAYER_OPTIONS)}. Received: {unknown}"
+            )
+        try:
+            quantizer = MultivaluedQuantizer.from_config(_merged(config, options))
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"layers[{name!r}]: {error}") from None
+        canonical = quantizer.get_config()
+        checked[name] = {key: canonical[key] for key in options}
+        if "bits" in options and "levels" not in options:
+            checked[name]["levels"] = None
+    return checked
 
 
 class Ternary(Scheme):

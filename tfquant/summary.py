@@ -1,5 +1,6 @@
 """`tfq.summary(qmodel)`: per quantized weight, the codebook size, the distinct values the
-weights actually take, the frozen fraction, the entropy of the value distribution and sizes.
+weights actually take, the frozen fraction, the sparsity (exact zeros), the entropy of the
+value distribution and sizes.
 """
 
 import dataclasses
@@ -7,7 +8,7 @@ import math
 
 import numpy as np
 
-from tfquant._keras import quantized_weights
+from tfquant._keras import check_keras2_model, quantized_weights
 from tfquant.quantizers.base import TfquantQuantizer
 
 
@@ -27,6 +28,7 @@ class LayerSummary:
         float32 numbers that define the codebook(s): the centers, or a scale (uniform, TWN),
         two scales (TTQ) or a basis (LQ-Nets) per codebook.
       entropy_bytes: the entropy bound of the codes plus the codebook(s).
+      sparsity: fraction of the hard-quantized weights that are exactly 0 (pruned).
     """
 
     layer: str
@@ -38,6 +40,7 @@ class LayerSummary:
     entropy_bits: float
     fixed_bytes: int
     entropy_bytes: int
+    sparsity: float = 0.0
 
 
 def entropy_bits(values):
@@ -80,6 +83,7 @@ def _summarize(wrapper, weight, quantizer, quantizer_vars):
         entropy_bits=entropy,
         fixed_bytes=math.ceil(kernel.size * index_bits / 8) + 4 * codebook_floats,
         entropy_bytes=math.ceil(kernel.size * entropy / 8) + 4 * codebook_floats,
+        sparsity=float(np.count_nonzero(quantized == 0) / max(quantized.size, 1)),
     )
 
 
@@ -94,8 +98,14 @@ def summary(qmodel, print_fn=print):
       list of `LayerSummary`.
 
     Raises:
-      ValueError: `qmodel` has no tfquant quantizer.
+      TypeError: `qmodel` is not a tf_keras model, or `print_fn` is not callable.
+      ValueError: `qmodel` is unbuilt or has no tfquant quantizer.
     """
+    check_keras2_model(qmodel, "qmodel")
+    if print_fn is not None and not callable(print_fn):
+        raise TypeError(
+            f"print_fn must be a function of one string, or None. Received: print_fn={print_fn!r}"
+        )
     rows = [
         _summarize(*entry)
         for entry in quantized_weights(qmodel)
@@ -109,14 +119,14 @@ def summary(qmodel, print_fn=print):
     if print_fn is not None:
         header = (
             f"{'layer':<24}{'quantizer':<24}{'weights':>9}{'levels':>7}{'distinct':>9}"
-            f"{'frozen':>8}{'bits/w':>8}{'bytes':>9}{'entropy B':>10}"
+            f"{'frozen':>8}{'zeros':>8}{'bits/w':>8}{'bytes':>9}{'entropy B':>10}"
         )
         print_fn(header)
         print_fn("-" * len(header))
         for r in rows:
             print_fn(
                 f"{r.layer:<24}{r.quantizer:<24}{r.weights:>9}{r.levels:>7}{r.distinct:>9}"
-                f"{r.frozen:>8.1%}{r.entropy_bits:>8.3f}{r.fixed_bytes:>9}"
+                f"{r.frozen:>8.1%}{r.sparsity:>8.1%}{r.entropy_bits:>8.3f}{r.fixed_bytes:>9}"
                 f"{r.entropy_bytes:>10}"
             )
     return rows

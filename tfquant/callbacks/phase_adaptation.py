@@ -12,10 +12,12 @@ import numpy as np
 
 from tfquant._keras import keras, tf
 from tfquant.callbacks.base import (
+    FiniteGuard,
     batches_per_epoch,
     check_steps_per_epoch,
     clip_free,
     compiled,
+    last_batch,
     layer_scalars,
     masked_multivalued_layers,
     order_by_names,
@@ -63,9 +65,10 @@ class PhaseAdaptation(keras.callbacks.Callback):
     Every layer needs k phases (k = its levels) of `epochs_per_phase` epochs each in
     `parallel` order, or one layer after another in `sequential` order; `epochs_needed(model)`
     tells how many. After the last phase every weight of every scheduled layer is exactly a
-    center. Put this callback before a TensorBoard callback: it adds per-layer scalars
-    (`<layer>/frozen_fraction`, `/adaptation`, `/pull_strength`, `/quantization_error`) to the
-    epoch logs.
+    center. A NaN or Inf in the loss or in any weight holds the schedule where it is, with a
+    message (`base.FiniteGuard`). Put this callback before a TensorBoard callback: it adds
+    per-layer scalars (`<layer>/frozen_fraction`, `/adaptation`, `/pull_strength`,
+    `/quantization_error`) to the epoch logs.
 
     Args:
       epochs_per_phase: epochs over which s goes from 0 to 1 (paper: about 2); a fraction
@@ -79,6 +82,10 @@ class PhaseAdaptation(keras.callbacks.Callback):
       update: "batch" (s grows every batch, the paper's iterations) or "epoch".
       steps_per_epoch: batches per epoch, when `fit` cannot know it (an infinite dataset).
       verbose: 1 prints one line per finished interval; 0 only logs them.
+      zero_first: in layers quantized with `sparsity` > 0, quantize the zero interval first
+        (prune, then quantize the rest while the network recovers, as in Deep Compression)
+        instead of last by |center|; layers without a zero interval are not affected.
+        Re-clustering never moves the zero center.
 
     Example:
       >>> schedule = PhaseAdaptation(epochs_per_phase=1, recluster=True)
@@ -96,6 +103,7 @@ class PhaseAdaptation(keras.callbacks.Callback):
         update="batch",
         steps_per_epoch=None,
         verbose=1,
+        zero_first=True,
     ):
         super().__init__()
         self.epochs_per_phase = check_float("epochs_per_phase", epochs_per_phase, 0.0, 10_000.0)
@@ -124,7 +132,9 @@ class PhaseAdaptation(keras.callbacks.Callback):
         self.update = update
         self.steps_per_epoch = check_steps_per_epoch(steps_per_epoch)
         self.verbose = check_int("verbose", verbose, 0, 2)
+        self.zero_first = check_bool("zero_first", zero_first)
         self._layers = None
+        self._guard = FiniteGuard(type(self).__name__, self.verbose)
 
     # -- configuration -----------------------------------------------------------------------
     def get_config(self):
@@ -137,6 +147,7 @@ class PhaseAdaptation(keras.callbacks.Callback):
             "update": self.update,
             "steps_per_epoch": self.steps_per_epoch,
             "verbose": self.verbose,
+            "zero_first": self.zero_first,
         }
 
     @classmethod
@@ -174,6 +185,7 @@ class PhaseAdaptation(keras.callbacks.Callback):
         self._offset = self._offsets(self._layers)
         self._per_phase = self._units_per_phase()
         self._step_fn = compiled(self._apply, self.model)
+        self._guard.watch(self.model, self._layers)
 
     def on_epoch_begin(self, epoch, logs=None):
         # Python mirrors of two variables, read back at every epoch start (after
@@ -181,26 +193,27 @@ class PhaseAdaptation(keras.callbacks.Callback):
         # batches need no device sync.
         self._schedule_step = int(self._layers[0].state["schedule_step"].numpy())
         self._adapting = [int(layer.state["adapting_interval"].numpy()) for layer in self._layers]
+        self._epoch, self._advanced_this_epoch = epoch, False
+        self._guard.new_epoch()
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.update == "batch":
+        # update="epoch" advances after the epoch's last batch, before any on_epoch_end (where
+        # BackupAndRestore saves); in on_epoch_end only when fit does not know the batch count.
+        if self.update == "batch" or last_batch(self, batch):
             self._advance(logs)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.update == "epoch":
+        if self.update == "epoch" and not self._advanced_this_epoch:
             self._advance(logs)
+        self._guard.end_epoch(epoch)
         if logs is not None:
             logs.update(self.scalars())
 
     # -- the schedule ------------------------------------------------------------------------
     def _advance(self, logs):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not np.isfinite(float(loss)):
-            self._say(
-                f"PhaseAdaptation: loss is {float(loss)} at schedule step "
-                f"{self._schedule_step}; the phase does not advance (fix the divergence, "
-                "e.g. a lower learning rate, then train on)."
-            )
+        self._advanced_this_epoch = True
+        where = f"at schedule step {self._schedule_step} (epoch {self._epoch})"
+        if not self._guard.finite(logs, where):
             return
         step = self._schedule_step
         phase, within = divmod(step, self._per_phase)
@@ -236,11 +249,15 @@ class PhaseAdaptation(keras.callbacks.Callback):
             return current
         state = layer.state
         done = state["interval_done"].numpy() > 0.5
-        if self.recluster and done.any():
+        zero = int(np.argmin(np.abs(state["centers"].numpy())))
+        sparse = getattr(layer.quantizer, "sparsity", 0.0) > 0
+        if self.recluster and done.any() and not (sparse and not done[zero]):
             recluster_free_weights(layer)
         centers = state["centers"].numpy()
         magnitude = np.where(done, -np.inf, np.abs(centers))
         interval = int(np.argmax(magnitude))  # largest |center| still unquantized
+        if sparse and self.zero_first and not done[zero]:
+            interval = zero  # the zero interval (pruning) first
         state["adapting_interval"].assign(float(interval))
         state["pull_strength"].assign(self.pull_strength * self.pull_decay**position)
         self._adapting[position] = interval

@@ -13,9 +13,11 @@ import numpy as np
 
 from tfquant._keras import keras
 from tfquant.callbacks.base import (
+    FiniteGuard,
     compiled,
     freeze_intervals,
     hold,
+    last_batch,
     layer_scalars,
     masked_multivalued_layers,
     order_by_names,
@@ -30,16 +32,21 @@ _ROUND_ORDERS = ("zero_first", "magnitude", "error")
 
 
 class _EpochSchedule(keras.callbacks.Callback):
-    """Acts at epoch starts from the epochs counted in the quantizers' `schedule_step`."""
+    """Acts at epoch starts from the epochs counted in the quantizers' `schedule_step`; counts
+    an epoch after its last batch (in `on_epoch_end` only when `fit` does not know the batches
+    per epoch), unless the loss or a weight is NaN or Inf (see `base.FiniteGuard`)."""
 
     def __init__(self, verbose):
         super().__init__()
         self.verbose = check_int("verbose", verbose, 0, 2)
         self._layers = None
+        self._guard = FiniteGuard(type(self).__name__, self.verbose)
+        self._epoch_counted = False
 
     def on_train_begin(self, logs=None):
         self._layers = self._arrange(masked_multivalued_layers(self.model, type(self).__name__))
         self._hold = compiled(self._hold_all, self.model)
+        self._guard.watch(self.model, self._layers)
 
     def _hold_all(self):
         for layer in self._layers:
@@ -47,23 +54,27 @@ class _EpochSchedule(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self._hold()
+        if last_batch(self, batch):
+            self._count_epoch(logs)
 
     def _arrange(self, layers):
         return layers
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._act(int(self._layers[0].state["schedule_step"].numpy()))
+        self._epoch, self._epoch_counted = epoch, False
+        self._guard.new_epoch()
+        if self._guard.finite(None, f"at the start of epoch {epoch}"):
+            self._act(int(self._layers[0].state["schedule_step"].numpy()))
+
+    def _count_epoch(self, logs):
+        self._epoch_counted = True
+        if self._guard.finite(logs, f"at the end of epoch {self._epoch}"):
+            for layer in self._layers:
+                layer.state["schedule_step"].assign_add(1.0)
 
     def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not np.isfinite(float(loss)):
-            say(
-                f"{type(self).__name__}: loss is {float(loss)}; the schedule does not advance.",
-                self.verbose,
-            )
-            return
-        for layer in self._layers:
-            layer.state["schedule_step"].assign_add(1.0)
+        if not self._epoch_counted:
+            self._count_epoch(logs)
         if logs is not None:
             logs.update(layer_scalars(self._layers))
 

@@ -2,11 +2,12 @@
 as a codebook plus entropy-coded indices (Huffman or ANS) and every other model variable
 exactly; `tfq.coding.decompress(data, model)` writes them back bit for bit.
 
-Binary layout, version 1. Integers are little-endian; varint = unsigned LEB128.
+Binary layout, version 2 (version 1 is read too: the same without coder 2). Integers are
+little-endian; varint = unsigned LEB128.
 
     header, 28 bytes, struct "<8sHHIQI":
       8s   magic b"\\x89TFQ\\r\\n\\x1a\\n"
-      u16  version = 1
+      u16  version = 2
       u16  flags = 0 (anything else is rejected)
       u32  record count
       u64  body length: the bytes after the header, exactly
@@ -18,8 +19,9 @@ Binary layout, version 1. Integers are little-endian; varint = unsigned LEB128.
       kind 1 and 2:
         varint  channels C: the codebook is per channel, channel of flat element i = i % C
         codebook: table or grid, see `tfquant.coding.codebook`
-        u8      coder: 0 = Huffman, 1 = ANS
-        varint  length of the coder stream, then the stream (`huffman` / `ans` modules)
+        u8      coder: 0 = Huffman, 1 = ANS, 2 = ANS without dead rows/columns (kind 1, rank
+                >= 2, one codebook: the [fan-in, outputs] view; `tfquant.coding.masked`)
+        varint  length of the coder stream, then the stream (`huffman` / `ans` / `masked`)
       kind 3:
         u8      dtype: 1 float32, 2 float64, 3 float16, 4 int8, 5 uint8, 6 int16, 7 int32,
                 8 int64, 9 bool
@@ -43,7 +45,7 @@ import zlib
 import numpy as np
 
 from tfquant._keras import check_keras2_model, quantized_weights
-from tfquant.coding import ans, huffman, stream
+from tfquant.coding import ans, huffman, masked, stream
 from tfquant.coding.codebook import Codebook, codebooks
 from tfquant.coding.entropy import entropy_bits
 from tfquant.coding.stream import CompressedFormatError, Reader
@@ -52,7 +54,8 @@ from tfquant.quantizers.base import TfquantQuantizer
 from tfquant.quantizers.ternary import TernaryQuantizer
 
 MAGIC = b"\x89TFQ\r\n\x1a\n"
-VERSION = 1
+VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 HEADER = struct.Struct("<8sHHIQI")
 #: Default limit on the elements of one tensor for `Compressed.from_bytes` (decoding allocates
 #: per element); `decompress` uses the model's largest variable instead.
@@ -94,6 +97,7 @@ class Coder(_Option):
 _CODER_MODULES = {Coder.HUFFMAN: huffman, Coder.ANS: ans}
 _CODER_IDS = {Coder.HUFFMAN: 0, Coder.ANS: 1}
 _CODERS_BY_ID = {number: coder for coder, number in _CODER_IDS.items()}
+_MASKED_ANS = 2  # ANS with dead rows and columns taken out (version 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +113,8 @@ class LayerStats:
       coded_bits: size of the coded indices (coder header included), bits per weight.
       sparsity: fraction of weights that are exactly zero.
       nbytes: bytes of the whole record: shape, name, codebook and coded indices.
-      coder: "huffman" or "ans".
+      coder: "huffman", "ans", or "ans-masked" (ANS without the dead rows and columns, chosen
+        by `compress` where that is smaller).
 
     Example:
       >>> stats = LayerStats("fc/kernel", (4, 2), 1, 2, 1.0, 1.5, 0.5, 30, "ans")
@@ -142,6 +147,7 @@ class _Record:
     stream: bytes = b""
     dtype: np.dtype = None
     raw: bytes = b""
+    masked: bool = False
     _symbols: np.ndarray = None
     _values: np.ndarray = None
 
@@ -160,14 +166,14 @@ class _Record:
             parts += [
                 stream.varint(self.channels),
                 self.codebook.to_bytes(),
-                bytes([_CODER_IDS[self.coder]]),
+                bytes([_MASKED_ANS if self.masked else _CODER_IDS[self.coder]]),
                 stream.varint(len(self.stream)),
                 self.stream,
             ]
         return b"".join(parts)
 
     @classmethod
-    def read(cls, reader, max_elements):
+    def read(cls, reader, max_elements, version=VERSION):
         kind, rank = reader.unpack("<BB", "record kind and rank")
         if kind not in (_QUANTIZED, _CODED, _RAW):
             reader.fail(f"unknown record kind {kind}")
@@ -196,6 +202,10 @@ class _Record:
             reader.fail(f"{record.channels} channels do not divide {elements} elements")
         record.codebook = Codebook.read(reader, record.channels, elements)
         (coder,) = reader.unpack("<B", "coder")
+        if coder == _MASKED_ANS and version >= 2:
+            if kind != _QUANTIZED or rank < 2 or record.channels != 1:
+                reader.fail("coder 2 (masked ANS) needs a quantized kernel of rank >= 2")
+            record.masked, coder = True, _CODER_IDS[Coder.ANS]
         if coder not in _CODERS_BY_ID:
             reader.fail(f"unknown coder {coder}")
         record.coder = _CODERS_BY_ID[coder]
@@ -206,7 +216,11 @@ class _Record:
     def symbols(self):
         """The decoded codebook indices (flat); decoding is checked, lazily done once."""
         if self._symbols is None:
-            symbols = _CODER_MODULES[self.coder].decode(self.stream, max_symbols=self.elements)
+            if self.masked:
+                columns = self.shape[-1]
+                symbols = masked.decode(self.stream, self.elements // max(columns, 1), columns)
+            else:
+                symbols = _CODER_MODULES[self.coder].decode(self.stream, self.elements)
             if symbols.size != self.elements:
                 raise CompressedFormatError(
                     f"container: {symbols.size} coded values for a tensor of shape {self.shape}"
@@ -248,7 +262,7 @@ class _Record:
             coded_bits=8 * len(self.stream) / count,
             sparsity=float(np.count_nonzero(values == 0) / count),
             nbytes=len(self.to_bytes()),
-            coder=self.coder.value,
+            coder="ans-masked" if self.masked else self.coder.value,
         )
 
 
@@ -286,23 +300,36 @@ def _hard_values(slot, kernel):
 
 
 def _coded_record(kind, shape, values, channels, coder):
-    """The smallest coded record over the exact codebooks of `values`."""
+    """The smallest coded record over the exact codebooks of `values` (and, for an ANS-coded
+    kernel with zeros, with or without its dead rows and columns)."""
     best = None
-    for book, symbols in codebooks(values.ravel(), channels):
-        data = _CODER_MODULES[coder].encode(symbols)
-        record = _Record(kind, shape, channels=channels, codebook=book, coder=coder, stream=data)
-        record._symbols, record._values = symbols, values
-        if best is None or len(record.to_bytes()) < len(best.to_bytes()):
-            best = record
+    flat = values.ravel()
+    zeros = np.flatnonzero(flat == 0)
+    for book, symbols in codebooks(flat, channels):
+        streams = [(_CODER_MODULES[coder].encode(symbols), False)]
+        if kind == _QUANTIZED and coder is Coder.ANS and len(shape) >= 2 and channels == 1:
+            if zeros.size and flat.size:
+                columns = shape[-1]
+                rows = flat.size // columns
+                zero = int(symbols[zeros[0]])
+                streams.append((masked.encode(symbols, rows, columns, zero), True))
+        for data, is_masked in streams:
+            record = _Record(
+                kind, shape, channels=channels, codebook=book, coder=coder, stream=data
+            )
+            record.masked = is_masked
+            record._symbols, record._values = symbols, values
+            if best is None or len(record.to_bytes()) < len(best.to_bytes()):
+                best = record
     return best
 
 
-def _raw_record(variable, values):
+def _raw_record(name, values):
     dtype = values.dtype.newbyteorder("<")
     if dtype not in _DTYPE_CODES:
         raise ValueError(
             f"compress stores variables of dtype float16/32/64, int8/16/32/64, uint8 or bool. "
-            f"Received: {variable.name} of dtype {values.dtype}"
+            f"Received: {name} of dtype {values.dtype}"
         )
     record = _Record(_RAW, values.shape, dtype=dtype, raw=values.astype(dtype).tobytes())
     record._values = values
@@ -313,15 +340,22 @@ def _record_for(slot, coder):
     variable = slot.variable
     values = variable.numpy()
     shape = tuple(values.shape)
-    if slot.quantizer is not None:
-        hard = _hard_values(slot, values)
-        if not np.all(np.isfinite(hard)):
-            raise ValueError(f"{variable.name}: the hard-quantized kernel holds NaN or Inf")
-        _warn_if_partly_frozen(slot)
-        record = _coded_record(_QUANTIZED, shape, hard, slot.channels, coder)
-        record.name, record.quantizer = variable.name, type(slot.quantizer).__name__
-        return record
-    raw = _raw_record(variable, values)
+    if slot.quantizer is None:
+        return _other_record(variable.name, values, coder)
+    hard = _hard_values(slot, values)
+    if not np.all(np.isfinite(hard)):
+        raise ValueError(f"{variable.name}: the hard-quantized kernel holds NaN or Inf")
+    _warn_if_partly_frozen(slot)
+    record = _coded_record(_QUANTIZED, shape, hard, slot.channels, coder)
+    record.name, record.quantizer = variable.name, type(slot.quantizer).__name__
+    return record
+
+
+def _other_record(name, values, coder):
+    """The record of a variable that is not a quantized kernel: raw, or coded when smaller."""
+    shape = tuple(values.shape)
+    values = values.reshape(shape)
+    raw = _raw_record(name, values)
     if (
         values.dtype == np.float32
         and values.size >= 16
@@ -332,6 +366,29 @@ def _record_for(slot, coder):
         if len(coded.to_bytes()) < len(raw.to_bytes()):
             return coded
     return raw
+
+
+def variable_nbytes(values, coder="ans"):
+    """Bytes of the record `compress` writes for a variable (not a quantized kernel) holding
+    `values` (used by `tfq.allocate_bits` to count quantizer state).
+
+    >>> variable_nbytes(np.zeros(3, np.float32))  # kind, rank, dim, dtype, 3 float32
+    16
+    """
+    values = np.asarray(values)
+    return len(_other_record("values", values, Coder.parse(coder, "coder")).to_bytes())
+
+
+def kernel_record_overhead(name, shape, quantizer):
+    """Bytes of a quantized kernel's record before its codebook: kind, rank, dimensions,
+    variable and quantizer names, channel count (1), plus the coder id byte."""
+    return (
+        2
+        + sum(len(stream.varint(int(d))) for d in shape)
+        + len(stream.string(name))
+        + len(stream.string(quantizer))
+        + len(stream.varint(1))
+    )
 
 
 def _warn_if_partly_frozen(slot):
@@ -454,9 +511,10 @@ class Compressed:
         magic, version, flags, count, length, checksum = HEADER.unpack_from(data)
         if magic != MAGIC:
             raise CompressedFormatError("container: not a tfquant compressed model (bad magic)")
-        if version != VERSION:
+        if version not in _READABLE_VERSIONS:
             raise CompressedFormatError(
-                f"container: version {version} is not supported (this tfquant reads {VERSION})"
+                f"container: version {version} is not supported (this tfquant reads versions "
+                f"{', '.join(map(str, _READABLE_VERSIONS))})"
             )
         if flags:
             raise CompressedFormatError(f"container: unknown flags {flags:#06x}")
@@ -470,7 +528,7 @@ class Compressed:
         if count > min(_MAX_RECORDS, len(body) // 3):
             raise CompressedFormatError(f"container: {count} records cannot fit the body")
         reader = Reader(body, "container")
-        records = [_Record.read(reader, max_elements) for _ in range(count)]
+        records = [_Record.read(reader, max_elements, version) for _ in range(count)]
         reader.expect_end()
         return cls(records, data)
 
@@ -530,6 +588,10 @@ class Compressed:
     @property
     def layers(self):
         return [stats for _, stats in self._with_stats()]
+
+    def variable_nbytes(self):
+        """Bytes of each record (one per model variable, in `model.weights` order)."""
+        return [len(record.to_bytes()) for record in self._records]
 
     def _with_stats(self):
         if self._layers is None:
@@ -638,6 +700,13 @@ def compress(qmodel, coder="ans"):
             "qmodel must be a model returned by tfq.quantize_model. Received: a model with no "
             "tfquant quantizer"
         )
+    for slot in slots:  # a NaN kernel weight would otherwise be stored as its nearest center
+        values = slot.variable.numpy()
+        if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+            raise ValueError(
+                "qmodel weights must be finite (did training diverge?). Received: NaN or Inf "
+                f"in {slot.variable.name}"
+            )
     return Compressed([_record_for(slot, coder) for slot in slots])
 
 

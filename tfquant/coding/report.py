@@ -16,6 +16,7 @@ class LayerCoding:
       (per-channel codebooks: the most in any channel).
       entropy_bits: empirical entropy of the indices (the bound).
       huffman_bits, ans_bits: coded size, coder header included.
+      sparsity: fraction of the weights that are exactly zero (a zero interval / pruning).
 
     Example:
       >>> row = LayerCoding("fc/kernel", 1000, 8, 2.1, 2.15, 2.11)
@@ -29,6 +30,7 @@ class LayerCoding:
     entropy_bits: float
     huffman_bits: float
     ans_bits: float
+    sparsity: float = 0.0
 
 
 def report(qmodel, print_fn=print):
@@ -51,16 +53,20 @@ def report(qmodel, print_fn=print):
             entropy_bits=a.entropy_bits,
             huffman_bits=h.coded_bits,
             ans_bits=a.coded_bits,
+            sparsity=a.sparsity,
         )
         for h, a in zip(by_huffman.layers, by_ans.layers, strict=True)
     ]
     if print_fn is not None:
-        header = f"{'layer':<28}{'weights':>9}{'levels':>7}{'entropy':>9}{'huffman':>9}{'ans':>9}"
+        header = (
+            f"{'layer':<28}{'weights':>9}{'levels':>7}{'zeros':>8}{'entropy':>9}{'huffman':>9}"
+            f"{'ans':>9}"
+        )
         print_fn(header)
         print_fn("-" * len(header))
         for r in rows:
             print_fn(
-                f"{r.layer:<28}{r.weights:>9}{r.levels:>7}{r.entropy_bits:>9.3f}"
+                f"{r.layer:<28}{r.weights:>9}{r.levels:>7}{r.sparsity:>8.1%}{r.entropy_bits:>9.3f}"
                 f"{r.huffman_bits:>9.3f}{r.ans_bits:>9.3f}"
             )
         print_fn(

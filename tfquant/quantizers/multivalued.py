@@ -1,6 +1,10 @@
 """Multivalued (codebook) weight quantizer: k centers per layer, a frozen mask, and either
 naive snapping of every weight or masked snapping driven by a schedule (MVQ seed 000, MPA
 seed 002 Eq. 7-8). Centers are kept on the layer's int8 grid so export is lossless.
+
+With `sparsity` > 0 one center is exactly 0 and owns a zero interval [-t, t] that holds the
+`sparsity` fraction of smallest-magnitude weights (magnitude pruning, Deep Compression's first
+stage, as one interval of the codebook); the other centers divide the weights outside it.
 """
 
 import numpy as np
@@ -32,7 +36,38 @@ def snap_centers(centers):
     return np.sort(np.round(centers / step) * step).astype(np.float32)
 
 
-def multivalued(kernel, centers, frozen_mask=None):
+def snap_with_zero_interval(kernel, centers, zero_threshold):
+    """Snaps to the codebook with a zero interval: |w| <= t goes to 0, every other weight to
+    its nearest non-zero center (the center closest to 0 is taken to be the zero center).
+
+    Args:
+      kernel: float tensor.
+      centers: sorted 1-D float tensor holding one 0 (at least 2 entries).
+      zero_threshold: t, a scalar >= 0.
+
+    Returns:
+      `(snapped, pruned)`: the quantized kernel and the boolean mask |w| <= t.
+
+    >>> snapped, pruned = snap_with_zero_interval(
+    ...     tf.constant([-0.9, -0.2, 0.05, 0.3, 0.6]), tf.constant([-1.0, 0.0, 0.5, 1.0]), 0.25)
+    >>> snapped.numpy().tolist(), pruned.numpy().tolist()
+    ([-1.0, 0.0, 0.0, 0.5, 0.5], [False, True, True, False, False])
+    """
+    centers = tf.convert_to_tensor(centers)
+    count = centers.shape[0]
+    zero_index = tf.argmin(tf.abs(centers), output_type=tf.int32)
+    position = tf.range(count)
+    # The zero center's slot repeats a neighbour: the levels stay sorted and 0 is never nearest.
+    right = tf.concat([centers[1:], centers[-1:]], axis=0)
+    left = tf.concat([centers[:1], centers[:-1]], axis=0)
+    neighbour = tf.where(position < count - 1, right, left)
+    non_zero = tf.where(position == zero_index, neighbour, centers)
+    snapped, _ = nearest_level(kernel, non_zero)
+    pruned = tf.abs(kernel) <= tf.cast(zero_threshold, kernel.dtype)
+    return tf.where(pruned, tf.zeros_like(snapped), snapped), pruned
+
+
+def multivalued(kernel, centers, frozen_mask=None, zero_threshold=None):
     """Snaps `kernel` to its nearest `centers` with a straight-through gradient.
 
     Args:
@@ -41,14 +76,79 @@ def multivalued(kernel, centers, frozen_mask=None):
       frozen_mask: optional tensor like `kernel`; where it is 0 the weight passes through in
         full precision (Eq. 7-8 of MPA: only the frozen set and the adaptation range snap).
         Frozen weights get no gradient (MPA Eq. 14).
+      zero_threshold: optional t of a zero interval (see `snap_with_zero_interval`). Without
+        a frozen mask, weights inside it are pruned: 0 and no gradient, so they stay pruned
+        during fine-tuning (Deep Compression's fixed pruning mask).
 
     Returns:
       The quantized kernel.
     """
-    snapped, _ = nearest_level(kernel, centers)
-    if frozen_mask is None:
-        return straight_through(kernel, snapped)
-    return tf.where(frozen_mask > 0.5, tf.stop_gradient(snapped), kernel)
+    if zero_threshold is None:
+        snapped, _ = nearest_level(kernel, centers)
+        pruned = None
+    else:
+        snapped, pruned = snap_with_zero_interval(kernel, centers, zero_threshold)
+    if frozen_mask is not None:
+        return tf.where(frozen_mask > 0.5, tf.stop_gradient(snapped), kernel)
+    quantized = straight_through(kernel, snapped)
+    if pruned is None:
+        return quantized
+    return tf.where(pruned, tf.stop_gradient(snapped), quantized)
+
+
+def zero_threshold_for(kernel, sparsity):
+    """t such that the `sparsity` fraction of `kernel`'s weights (rounded to a count, ties
+    included) has |w| <= t; 0 when that count is 0.
+
+    >>> bool(zero_threshold_for(np.array([0.1, -0.2, 0.3, -0.4]), 0.5) == np.float32(0.2))
+    True
+    """
+    magnitude = np.sort(np.abs(np.asarray(kernel, np.float32).ravel()))
+    count = min(int(round(sparsity * magnitude.size)), magnitude.size - 1)
+    return np.float32(magnitude[count - 1]) if count > 0 else np.float32(0.0)
+
+
+def sparse_centers(
+    kernel, levels, sparsity, division="kmeans", importance=None, entropy_weight=0.1
+):
+    """Codebook with a zero interval: 0 plus `levels` - 1 centers dividing the weights outside
+    [-t, t] by `division`, on the int8 grid of max|center|; a non-zero center that would fall
+    inside the interval (a linear / exponential grid, or a cluster straddling it) moves to the
+    first grid point outside it.
+
+    Args:
+      kernel: the layer's weights. levels: codebook size, >= 3. sparsity: in (0, 1).
+      division, importance, entropy_weight: as for `tfq.coding.divide`.
+
+    Returns:
+      `(centers, zero_threshold)`: sorted float32 [levels] with exactly one 0, and t.
+
+    >>> w = np.linspace(-1.0, 1.0, 201)
+    >>> centers, t = sparse_centers(w, 3, 0.5)
+    >>> centers.tolist()[1], round(float(t), 2), int(np.sum(np.abs(w) <= t))
+    (0.0, 0.5, 101)
+    """
+    kernel = np.asarray(kernel, np.float32)
+    threshold = zero_threshold_for(kernel, sparsity)
+    outside = np.abs(kernel) > threshold
+    values = kernel[outside] if outside.any() else kernel.ravel()
+    extra = None
+    if importance is not None:
+        extra = np.asarray(importance).reshape(kernel.shape)
+        extra = extra[outside] if outside.any() else extra.ravel()
+    others = divide(values, levels - 1, division, extra, entropy_weight).astype(np.float64)
+    centers = snap_centers(np.concatenate([[0.0], others]))
+    top = float(np.max(np.abs(centers)))
+    step = top / _LEVELS_IN_INT8 if top > 0 else 1.0
+    zero = int(np.argmin(np.abs(centers)))
+    for index in range(centers.size):
+        if index != zero and abs(centers[index]) <= threshold:
+            sign = 1.0 if centers[index] > 0 or index > zero else -1.0
+            code = int(np.floor(float(threshold) / step)) + 1
+            while np.float32(code * step) <= threshold:
+                code += 1
+            centers[index] = np.float32(sign * code * step)
+    return np.sort(centers).astype(np.float32), threshold
 
 
 _SCHEDULE_SCALARS = {
@@ -71,6 +171,21 @@ def interval_bounds(centers, low, high):
     low = min(float(low), float(centers[0]))
     high = max(float(high), float(centers[-1]))
     return np.concatenate([[low], inner, [high]]).astype(np.float32)
+
+
+def zero_interval_bounds(centers, low, high, zero_threshold):
+    """`interval_bounds` with the zero center's interval set to [-t, t].
+
+    >>> zero_interval_bounds(np.array([-1.0, 0.0, 1.0]), -2.0, 2.0, 0.75).tolist()
+    [-2.0, -0.75, 0.75, 2.0]
+    """
+    bounds = interval_bounds(centers, low, high)
+    zero = int(np.argmin(np.abs(centers)))
+    threshold = np.float32(zero_threshold)
+    bounds[zero] = min(bounds[zero], -threshold) if zero == 0 else -threshold
+    last = zero + 1 == len(centers)
+    bounds[zero + 1] = max(bounds[zero + 1], threshold) if last else threshold
+    return bounds
 
 
 def adaptation_pull(kernel, weights):
@@ -112,6 +227,16 @@ class MultivaluedQuantizer(TfquantQuantizer):
       mode: "snap" (every weight to its nearest center; the naive baseline) or "masked"
         (only frozen weights snap; the others pass through for a schedule to adapt).
       entropy_weight: λ of the "ecsq" division, in units of the weights' variance.
+      sparsity: fraction of the weights in the zero interval, in [0, 1). With sparsity > 0
+        (and at least 3 levels) the codebook holds an exact 0 whose interval is [-t, t], t the
+        `sparsity` quantile of |w| at initialization (a variable, `zero_threshold`): those
+        weights quantize to exactly 0, the rest to their nearest non-zero center, and the
+        other `levels` - 1 centers divide the weights outside the interval. In "snap" mode the
+        zeros get no gradient, so pruned weights stay pruned while the rest fine-tune (weights
+        that drift into the interval join them). In "masked" mode the zero interval is one
+        MPA interval with bounds ±t; `tfq.callbacks.PhaseAdaptation` quantizes it first by
+        default (`zero_first`). The other schedules (IntervalContraction, PartitionRounds,
+        IncrementalLayers) move centers by their own rules and do not keep the zero center.
 
     Example:
       >>> q = MultivaluedQuantizer(bits=2, division="linear")
@@ -119,15 +244,27 @@ class MultivaluedQuantizer(TfquantQuantizer):
       4
       >>> MultivaluedQuantizer.from_config(q.get_config()) == q
       True
+      >>> pruned = MultivaluedQuantizer(bits=3, sparsity=0.9)
+      >>> MultivaluedQuantizer.from_config(pruned.get_config()).sparsity
+      0.9
     """
 
-    def __init__(self, bits=3, levels=None, division="kmeans", mode="snap", entropy_weight=0.1):
+    def __init__(
+        self,
+        bits=3,
+        levels=None,
+        division="kmeans",
+        mode="snap",
+        entropy_weight=0.1,
+        sparsity=0.0,
+    ):
         self.bits = check_int("bits", bits, 1, 8)
         self.levels = 2**self.bits if levels is None else check_int("levels", levels, 2, 256)
         self._levels_given = levels is not None
         self.division = Division.parse(division, "division")
         self.mode = Mode.parse(mode, "mode")
         self.entropy_weight = check_float("entropy_weight", entropy_weight, 0.0, 1e6, False)
+        self.sparsity = check_sparsity(sparsity, self.levels)
 
     def _build_vars(self, tensor_shape, name, layer):
         sync = tf.VariableAggregation.ONLY_FIRST_REPLICA
@@ -174,17 +311,27 @@ class MultivaluedQuantizer(TfquantQuantizer):
             trainable=False,
             aggregation=sync,
         )
+        if self.sparsity > 0:
+            scalar("zero_threshold", 0.0)
         self._owner = layer
         return variables
 
     def initialize(self, kernel, weights, importance=None):
         """Divides `kernel` into the codebook (Eq. 1 and 9) and resets all schedule state."""
         kernel = np.asarray(kernel)
-        centers = snap_centers(
-            divide(kernel, self.levels, self.division, importance, self.entropy_weight)
-        )
+        if self.sparsity > 0:
+            centers, threshold = sparse_centers(
+                kernel, self.levels, self.sparsity, self.division, importance, self.entropy_weight
+            )
+            weights["zero_threshold"].assign(threshold)
+            bounds = zero_interval_bounds(centers, kernel.min(), kernel.max(), threshold)
+        else:
+            centers = snap_centers(
+                divide(kernel, self.levels, self.division, importance, self.entropy_weight)
+            )
+            bounds = interval_bounds(centers, kernel.min(), kernel.max())
         weights["centers"].assign(centers)
-        weights["interval_bounds"].assign(interval_bounds(centers, kernel.min(), kernel.max()))
+        weights["interval_bounds"].assign(bounds)
         weights["interval_done"].assign(np.zeros(self.levels, np.float32))
         weights["frozen_mask"].assign(tf.zeros_like(weights["frozen_mask"]))
         for key, value in _SCHEDULE_SCALARS.items():
@@ -192,15 +339,19 @@ class MultivaluedQuantizer(TfquantQuantizer):
         weights["initialized"].assign(1.0)
 
     def _quantize(self, inputs, training, weights):
+        threshold = weights.get("zero_threshold")
         if self.mode is not Mode.MASKED:
-            return multivalued(inputs, weights["centers"], None)
+            return multivalued(inputs, weights["centers"], None, threshold)
         # Inside the traced train step only (Keras' `fit`); an eager call has no loss to join.
         if training and tf.inside_function() and getattr(self, "_owner", None) is not None:
             self._owner.add_loss(adaptation_pull(inputs, weights))
-        return multivalued(inputs, weights["centers"], weights["frozen_mask"])
+        return multivalued(inputs, weights["centers"], weights["frozen_mask"], threshold)
 
     def hard_quantize(self, kernel, weights):
-        return nearest_level(tf.convert_to_tensor(kernel), weights["centers"])[0]
+        kernel = tf.convert_to_tensor(kernel)
+        if "zero_threshold" in weights:
+            return snap_with_zero_interval(kernel, weights["centers"], weights["zero_threshold"])[0]
+        return nearest_level(kernel, weights["centers"])[0]
 
     def grid_step(self, kernel, weights, codes=_LEVELS_IN_INT8):
         # Centers sit on the grid max|center| / 127; other code counts are exact only if the
@@ -214,4 +365,18 @@ class MultivaluedQuantizer(TfquantQuantizer):
             "division": self.division.value,
             "mode": self.mode.value,
             "entropy_weight": self.entropy_weight,
+            "sparsity": self.sparsity,
         }
+
+
+def check_sparsity(sparsity, levels):
+    """Validates `sparsity` in [0, 1) (and at least 3 levels when it is > 0)."""
+    value = check_float("sparsity", sparsity, 0.0, 1.0, low_open=False)
+    if value >= 1.0:
+        raise ValueError(f"sparsity must be in [0, 1). Received: sparsity={sparsity}")
+    if value > 0 and levels < 3:
+        raise ValueError(
+            "sparsity > 0 needs at least 3 levels (the zero center and one on each side). "
+            f"Received: levels={levels} with sparsity={sparsity}"
+        )
+    return value

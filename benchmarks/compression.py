@@ -1,0 +1,259 @@
+"""Compression of LeNet-300-100 and LeNet-5 on MNIST: float accuracy, quantized accuracy after
+fine-tuning, container ratio with Huffman and with ANS, the entropy bound and the sparsity,
+next to the published ratios (Deep Compression, Choi et al. seed 003, soft weight-sharing).
+
+Recipe per row: float baseline (the shipped `tfq.models.pretrained` weights when present,
+else trained here) -> `tfq.schemes.Multivalued` with a zero interval per layer (fixed
+settings, or `tfq.allocate_bits` for a budget = float bytes / ratio) -> fine-tuning in snap
+mode (pruned weights stay pruned; or `--schedule mpa`: PhaseAdaptation, zero interval
+first) -> `tfq.coding.compress` (Huffman and ANS).
+
+Run: python benchmarks/compression.py [--models lenet300_100 lenet5] [--limit 10000]
+       [--epochs 4] [--schedule snap|mpa] [--float-epochs 10] [--ratios 60 100 200]
+       [--json ...] [--png ...]
+Targets (issue #7): LeNet-5 >= 200x and LeNet-300-100 >= 70x at <= 0.15 pt accuracy drop
+(milestone 60x).
+"""
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+import tfquant as tfq
+from tfquant.models import datasets
+
+keras = tfq.keras
+
+#: Published compression ratios on MNIST (weights, float32 -> compressed).
+PUBLISHED = {
+    "lenet300_100": {"Deep Compression": 40.0, "soft weight-sharing": 64.0},
+    "lenet5": {
+        "Deep Compression": 39.0,
+        "Choi et al. (seed 003)": 51.25,
+        "soft weight-sharing": 162.0,
+    },
+}
+TARGETS = {"lenet300_100": 70.0, "lenet5": 200.0}
+#: Hand-set recipe: levels and zero-interval fraction per layer (fc layers pruned hardest).
+RECIPES = {
+    "lenet300_100": {
+        "fc1": {"levels": 5, "sparsity": 0.95},
+        "fc2": {"levels": 5, "sparsity": 0.9},
+        "fc3": {"levels": 5, "sparsity": 0.6},
+    },
+    "lenet5": {
+        "conv1": {"levels": 8, "sparsity": 0.5},
+        "conv2": {"levels": 8, "sparsity": 0.85},
+        "fc1": {"levels": 8, "sparsity": 0.98},
+        "fc2": {"levels": 8, "sparsity": 0.85},
+    },
+}
+_BUILDERS = {"lenet300_100": tfq.models.lenet300_100, "lenet5": tfq.models.lenet5}
+
+
+def _compile(model, learning_rate):
+    model.compile(
+        keras.optimizers.Adam(learning_rate),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def _accuracy(model, x, y):
+    return float(np.mean(model.predict(x, batch_size=512, verbose=0).argmax(-1) == y))
+
+
+def float_model(name, train, args):
+    """The shipped baseline if there is one (and --float-epochs was not forced), else trained."""
+    if not args.train_float:
+        try:
+            return tfq.models.pretrained(f"{name}_mnist"), "pretrained"
+        except (AttributeError, FileNotFoundError, ValueError) as error:
+            print(f"{name}: no shipped baseline ({error}); training {args.float_epochs} epochs")
+    model = _compile(_BUILDERS[name](seed=0), 1e-3)
+    model.fit(*train, epochs=args.float_epochs, batch_size=128, verbose=0)
+    return model, f"trained {args.float_epochs} epochs"
+
+
+def _scheme(settings, args):
+    mode = "masked" if args.schedule == "mpa" else "snap"
+    return tfq.schemes.Multivalued(mode=mode, layers=settings)
+
+
+def evaluate_row(name, label, qmodel, train, test, float_accuracy, args):
+    """Fine-tunes `qmodel` (snap: STE with pruned weights held at 0; mpa: PhaseAdaptation,
+    zero interval first, over the same epochs), then measures accuracy and both containers."""
+    start = time.perf_counter()
+    _compile(qmodel, args.learning_rate)
+    callbacks = []
+    if args.schedule == "mpa":
+        levels = max(r.levels for r in tfq.summary(qmodel, print_fn=None))
+        schedule = tfq.callbacks.PhaseAdaptation(epochs_per_phase=args.epochs / levels, verbose=0)
+        callbacks = [schedule]
+    if args.epochs:
+        qmodel.fit(*train, epochs=args.epochs, batch_size=128, verbose=0, callbacks=callbacks)
+    accuracy = _accuracy(qmodel, *test)
+    by_ans = tfq.coding.compress(qmodel, coder="ans")
+    by_huffman = tfq.coding.compress(qmodel, coder="huffman")
+    layers = by_ans.layers
+    weights = sum(int(np.prod(layer.shape)) for layer in layers)
+    zeros = sum(layer.sparsity * int(np.prod(layer.shape)) for layer in layers)
+    kernel_bytes = sum(layer.nbytes for layer in layers)
+    return {
+        "model": name,
+        "recipe": label,
+        "float_accuracy": float_accuracy,
+        "quantized_accuracy": accuracy,
+        "drop_pt": 100 * (float_accuracy - accuracy),
+        "float_bytes": by_ans.float_bytes,
+        "ans_bytes": by_ans.nbytes,
+        "huffman_bytes": by_huffman.nbytes,
+        "entropy_bytes": by_ans.entropy_bytes,
+        "ratio_ans": by_ans.ratio,
+        "ratio_huffman": by_huffman.ratio,
+        "ratio_entropy": by_ans.float_bytes / by_ans.entropy_bytes,
+        "ratio_kernels_ans": by_ans.float_bytes / kernel_bytes,
+        "sparsity": zeros / weights,
+        "layers": {
+            layer.name: {
+                "levels": layer.levels,
+                "sparsity": layer.sparsity,
+                "entropy_bits": layer.entropy_bits,
+                "ans_bits": layer.coded_bits,
+                "bytes": layer.nbytes,
+            }
+            for layer in layers
+        },
+        "published": PUBLISHED[name],
+        "target_ratio": TARGETS[name],
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def run_model(name, args):
+    train, test = datasets.load("mnist", limit=(args.limit, args.test_limit))
+    model, origin = float_model(name, train, args)
+    float_accuracy = _accuracy(model, *test)
+    print(f"{name}: float baseline {origin}, test accuracy {float_accuracy:.4f}")
+    rows = []
+    scheme = _scheme(RECIPES[name], args)
+    rows.append(
+        evaluate_row(
+            name, "recipe", tfq.quantize_model(model, scheme), train, test, float_accuracy, args
+        )
+    )
+    float_bytes = rows[0]["float_bytes"]
+    hessian_data = (train[0][: args.hessian_samples], train[1][: args.hessian_samples])
+    for ratio in args.ratios:
+        budget = int(float_bytes / ratio)
+        try:
+            plan = tfq.allocate_bits(
+                model, budget, hessian_data, sparsities=args.sparsities, levels=args.levels
+            )
+        except ValueError as error:
+            print(f"{name}: no plan for {ratio}x ({error})")
+            continue
+        label = f"allocate_bits {ratio:g}x"
+        qmodel = tfq.quantize_model(model, _scheme(plan.layers, args))
+        row = evaluate_row(name, label, qmodel, train, test, float_accuracy, args)
+        row["plan"] = plan.get_config()
+        rows.append(row)
+    return rows
+
+
+def print_table(rows):
+    header = (
+        f"{'model':<14}{'recipe':<22}{'float':>7}{'quant':>7}{'drop pt':>8}{'zeros':>7}"
+        f"{'huffman':>9}{'ans':>8}{'entropy':>9}{'kernels':>9}  published"
+    )
+    print(header)
+    print("-" * (len(header) + 40))
+    for r in rows:
+        published = ", ".join(f"{k} {v:g}x" for k, v in r["published"].items())
+        print(
+            f"{r['model']:<14}{r['recipe']:<22}{r['float_accuracy']:>7.2%}"
+            f"{r['quantized_accuracy']:>7.2%}{r['drop_pt']:>8.2f}{r['sparsity']:>7.1%}"
+            f"{r['ratio_huffman']:>8.1f}x{r['ratio_ans']:>7.1f}x{r['ratio_entropy']:>8.1f}x"
+            f"{r['ratio_kernels_ans']:>8.1f}x  {published}"
+        )
+
+
+def pareto_png(rows, path):
+    """Size-accuracy plot: ANS ratio vs accuracy drop per model, published ratios as lines."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 4))
+    models = sorted({r["model"] for r in rows})
+    axes = figure.subplots(1, len(models), squeeze=False)[0]
+    for ax, name in zip(axes, models, strict=True):
+        mine = sorted((r for r in rows if r["model"] == name), key=lambda r: r["ratio_ans"])
+        ratios = [r["ratio_ans"] for r in mine]
+        drops = [r["drop_pt"] for r in mine]
+        ax.plot(ratios, drops, "o-", label="tfquant (ANS container)")
+        for r in mine:
+            ax.annotate(r["recipe"], (r["ratio_ans"], r["drop_pt"]), fontsize=7)
+        for (label, ratio), style in zip(PUBLISHED[name].items(), (":", "--", "-."), strict=False):
+            ax.axvline(ratio, linestyle=style, color="gray")
+            ax.text(
+                ratio,
+                0.98,
+                f" {label} {ratio:g}x",
+                rotation=90,
+                va="top",
+                fontsize=7,
+                transform=ax.get_xaxis_transform(),
+            )
+        ax.axvline(TARGETS[name], color="tab:red", linewidth=0.8)
+        ax.axhline(0.15, color="tab:red", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("symlog", linthresh=0.5)
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("compression ratio (float32 kernels / container bytes)")
+        ax.set_ylabel("accuracy drop (percentage points, symlog)")
+        ax.set_title(f"{name} on MNIST (red: issue target)")
+        ax.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["lenet300_100", "lenet5"])
+    parser.add_argument("--limit", type=int, default=None, help="training images (all)")
+    parser.add_argument("--test-limit", type=int, default=None, help="test images (all)")
+    parser.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs per row")
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--schedule", choices=["snap", "mpa"], default="snap")
+    parser.add_argument("--float-epochs", type=int, default=10)
+    parser.add_argument("--train-float", action="store_true", help="ignore shipped baselines")
+    parser.add_argument("--ratios", nargs="*", type=float, default=[60.0, 100.0, 200.0])
+    parser.add_argument("--levels", nargs="+", type=int, default=list(range(2, 17)))
+    parser.add_argument(
+        "--sparsities", nargs="+", type=float, default=[0.0, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99]
+    )
+    parser.add_argument("--hessian-samples", type=int, default=1024)
+    parser.add_argument("--json", default="benchmarks/results/compression.json")
+    parser.add_argument("--png", default="benchmarks/results/compression_pareto.png")
+    args = parser.parse_args(argv)
+    for name in args.models:
+        if name not in _BUILDERS:
+            parser.error(f"--models must be among {sorted(_BUILDERS)}. Received: {name!r}")
+    rows = []
+    for name in args.models:
+        rows += run_model(name, args)
+    print_table(rows)
+    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+    with open(args.json, "w") as stream:
+        json.dump({"args": vars(args), "rows": rows}, stream, indent=2)
+    print(f"wrote {args.json}")
+    if args.png:
+        pareto_png(rows, args.png)
+        print(f"wrote {args.png}")
+
+
+if __name__ == "__main__":
+    main()
