@@ -260,6 +260,7 @@ def train(
     tensorboard_dir=None,
     activation_bits=None,
     data_dir=None,
+    plot_dir=None,
     seed=0,
     verbose=True,
 ):
@@ -285,6 +286,10 @@ def train(
         instead of pretraining. save_float_weights: where to save the float weights.
       tflite_out: write the exported int8 .tflite here and check it with `check_tflite`.
       tensorboard_dir: TensorBoard logs in its `float/` and `quantized/` subfolders.
+      plot_dir: write `weights.png` (per-layer weight histograms with the codebook and the
+        frozen/free split, `tfquant.plots.weight_histogram`) and, when a schedule ran,
+        `phases.png` (`tfquant.plots.phase_timeline`) to this folder; `result["plots"]` lists
+        them.
       activation_bits: lqnets only: activation bits in [1, 8] (None: 8-bit activations).
       data_dir: where the dataset files are (see `datasets.load`).
       seed: random seed of the weights and the data order.
@@ -368,8 +373,9 @@ def train(
                 f"{fit_epochs} instead of {epochs}.",
                 verbose,
             )
+        history = None
         if fit_epochs:
-            qmodel.fit(
+            history = qmodel.fit(
                 x,
                 y,
                 epochs=fit_epochs,
@@ -388,8 +394,25 @@ def train(
         )
         if tflite_out:
             result.update(_export(qmodel, x, x_test, y_test, tflite_out))
+        if plot_dir:
+            result["plots"] = _plots(qmodel, history if callback else None, plot_dir)
     result["seconds"] = time.perf_counter() - start
     return result
+
+
+def _plots(qmodel, history, folder):
+    from tfquant import plots
+
+    os.makedirs(folder, exist_ok=True)
+    figures = {"weights.png": plots.weight_histogram(qmodel)}
+    if history is not None and history.history:
+        figures["phases.png"] = plots.phase_timeline(history)
+    written = []
+    for name, figure in figures.items():
+        path = os.path.join(folder, name)
+        figure.savefig(path, dpi=100)
+        written.append(path)
+    return written
 
 
 def _export(qmodel, x, x_test, y_test, path):
@@ -476,6 +499,9 @@ def define_flags(flag_values):
     f.DEFINE_string("tensorboard_dir", None, "Write TensorBoard logs here.", **fv)
     f.DEFINE_integer("activation_bits", None, "lqnets: activation bits 1-8 (default: 8-bit).", **fv)
     f.DEFINE_string("data_dir", None, "Folder with the dataset files.", **fv)
+    f.DEFINE_string(
+        "plot_dir", None, "Write weights.png (and phases.png with a schedule) here.", **fv
+    )
     f.DEFINE_integer("seed", 0, "Random seed.", lower_bound=0, **fv)
     f.DEFINE_boolean("verbose", True, "Keras progress bars (--noverbose: quiet).", **fv)
     return flag_values
@@ -499,6 +525,7 @@ _FLAG_NAMES = (
     "tensorboard_dir",
     "activation_bits",
     "data_dir",
+    "plot_dir",
     "seed",
     "verbose",
 )

@@ -55,9 +55,14 @@ def test_multivalued_mpa_with_tflite(float_weights, tmp_path):
         epochs=2,
         float_weights=float_weights,
         tflite_out=str(out),
+        plot_dir=str(tmp_path / "plots"),
         **QUICK,
     )
     assert result["frozen"] == 1.0  # MPA finished within the two epochs
+    assert sorted(os.path.basename(p) for p in result["plots"]) == ["phases.png", "weights.png"]
+    for path in result["plots"]:
+        with open(path, "rb") as stream:
+            assert stream.read(8) == b"\x89PNG\r\n\x1a\n"
     assert result["epochs"] == 2 and result["bits"] == 2
     assert result["float_accuracy"] > 0.8 and result["quantized_accuracy"] > 0.5
     assert result["tflite_ok"] and result["tflite_agreement"] >= 0.95
