@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 import tfquant as tfq
-from tfquant.models import datasets
+from tfquant.models import compile_classifier, datasets
 
 keras = tfq.keras
 
@@ -54,15 +54,6 @@ RECIPES = {
 _BUILDERS = {"lenet300_100": tfq.models.lenet300_100, "lenet5": tfq.models.lenet5}
 
 
-def _compile(model, learning_rate):
-    model.compile(
-        keras.optimizers.Adam(learning_rate),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
-
-
 def _accuracy(model, x, y):
     return float(np.mean(model.predict(x, batch_size=512, verbose=0).argmax(-1) == y))
 
@@ -74,7 +65,7 @@ def float_model(name, train, args):
             return tfq.models.pretrained(f"{name}_mnist"), "pretrained"
         except (AttributeError, FileNotFoundError, ValueError) as error:
             print(f"{name}: no shipped baseline ({error}); training {args.float_epochs} epochs")
-    model = _compile(_BUILDERS[name](seed=0), 1e-3)
+    model = compile_classifier(_BUILDERS[name](seed=0), 1e-3)
     model.fit(*train, epochs=args.float_epochs, batch_size=128, verbose=0)
     return model, f"trained {args.float_epochs} epochs"
 
@@ -88,7 +79,7 @@ def evaluate_row(name, label, qmodel, train, test, float_accuracy, args):
     """Fine-tunes `qmodel` (snap: STE with pruned weights held at 0; mpa: PhaseAdaptation,
     zero interval first, over the same epochs), then measures accuracy and both containers."""
     start = time.perf_counter()
-    _compile(qmodel, args.learning_rate)
+    compile_classifier(qmodel, args.learning_rate)
     callbacks = []
     if args.schedule == "mpa":
         levels = max(r.levels for r in tfq.summary(qmodel, print_fn=None))

@@ -16,23 +16,14 @@ import tensorflow_model_optimization as tfmot
 
 import tfquant as tfq
 from tfquant import export
-from tfquant._keras import keras, tf
+from tfquant._keras import tf
 from tfquant.export import flatbuffer
 from tfquant.export.tflite import run_tflite
-from tfquant.models import datasets, lenet5
-
-
-def _compile(model, learning_rate=1e-3):
-    model.compile(
-        keras.optimizers.Adam(learning_rate),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
+from tfquant.models import compile_classifier, datasets, lenet5
 
 
 def _tfmot_int8(float_model, x, y, calibration):
-    qat = _compile(tfmot.quantization.keras.quantize_model(float_model), 2e-4)
+    qat = compile_classifier(tfmot.quantization.keras.quantize_model(float_model), 2e-4)
     qat.fit(x, y, epochs=1, batch_size=128, verbose=0)
 
     def representative():
@@ -49,7 +40,7 @@ def _tfmot_int8(float_model, x, y, calibration):
 
 
 def _ours(float_model, scheme, x, y, calibration, int4=False):
-    qmodel = _compile(tfq.quantize_model(float_model, scheme), 2e-4)
+    qmodel = compile_classifier(tfq.quantize_model(float_model, scheme), 2e-4)
     qmodel.fit(x, y, epochs=1, batch_size=128, verbose=0)
     tfl = export.to_tflite(qmodel, calibration, int4=int4)
     export.check_tflite(tfl, qmodel)  # raises unless every kernel is exact and integer
@@ -77,7 +68,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     (x, y), (x_test, y_test) = datasets.load("mnist", limit=(args.train, args.test))
     calibration = x[:200]
-    float_model = _compile(lenet5())
+    float_model = compile_classifier(lenet5())
     float_model.fit(x, y, epochs=2, batch_size=128, verbose=0)
 
     float_tfl = tf.lite.TFLiteConverter.from_keras_model(float_model).convert()

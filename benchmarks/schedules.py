@@ -16,17 +16,7 @@ import os
 import time
 
 import tfquant as tfq
-from tfquant._keras import keras
-from tfquant.models import datasets, lenet5
-
-
-def _compile(model, learning_rate):
-    model.compile(
-        keras.optimizers.Adam(learning_rate),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
+from tfquant.models import compile_classifier, datasets, lenet5
 
 
 def _accuracy(model, x, y):
@@ -51,7 +41,7 @@ def _schedule(method, levels, epochs):
 
 def run_dataset(name, args):
     (x, y), (x_test, y_test) = datasets.load(name)
-    float_model = _compile(lenet5(seed=args.seed), 1e-3)
+    float_model = compile_classifier(lenet5(seed=args.seed), 1e-3)
     start = time.perf_counter()
     float_model.fit(x, y, epochs=args.float_epochs, batch_size=args.batch, verbose=0)
     rows = [
@@ -68,7 +58,7 @@ def run_dataset(name, args):
     # The reference: the same float start trained for the same extra epochs at the
     # quantization learning rate, so every row has the same total epochs.
     start = time.perf_counter()
-    tuned = _compile(tfq.keras.models.clone_model(float_model), args.learning_rate)
+    tuned = compile_classifier(tfq.keras.models.clone_model(float_model), args.learning_rate)
     tuned.set_weights(float_model.get_weights())
     tuned.fit(x, y, epochs=args.epochs, batch_size=args.batch, verbose=0)
     rows.append(
@@ -89,7 +79,7 @@ def run_dataset(name, args):
             start = time.perf_counter()
             mode = "snap" if method == "naive" else "masked"
             scheme = tfq.schemes.Multivalued(levels=levels, mode=mode)
-            qmodel = _compile(tfq.quantize_model(float_model, scheme), args.learning_rate)
+            qmodel = compile_classifier(tfq.quantize_model(float_model, scheme), args.learning_rate)
             callbacks = [] if method == "naive" else [_schedule(method, levels, args.epochs)]
             if callbacks and callbacks[0].epochs_needed(qmodel) > args.epochs:
                 print(f"  skip {method} {label}: needs more than {args.epochs} epochs")

@@ -2,6 +2,7 @@
 
 from tfquant.models import datasets
 from tfquant.models.baselines import BASELINES, pretrained
+from tfquant.models.classifier import compile_classifier
 from tfquant.models.digits import digits_cnn
 from tfquant.models.lenet import lenet5, lenet300_100
 from tfquant.models.mobilenet import tiny_mobilenet
@@ -18,4 +19,5 @@ __all__ = [
     "tiny_mobilenet",
     "pretrained",
     "BASELINES",
+    "compile_classifier",
 ]

@@ -18,6 +18,7 @@ import numpy as np
 
 from tfquant._keras import keras
 from tfquant.models import datasets
+from tfquant.models.classifier import compile_classifier
 from tfquant.models.lenet import lenet5, lenet300_100
 
 _FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
@@ -144,11 +145,7 @@ def train_baseline(name, data_dir=None, out=None, verbose=2):
     model = _ARCHITECTURES[spec.architecture]()
     steps = spec.epochs * int(np.ceil(len(x) / 128))
     schedule = keras.optimizers.schedules.CosineDecay(spec.learning_rate, steps)
-    model.compile(
-        keras.optimizers.Adam(schedule),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    compile_classifier(model, schedule)
     model.fit(x, y, epochs=spec.epochs, batch_size=128, verbose=verbose)
     accuracy = float(model.evaluate(x_test, y_test, verbose=0, batch_size=1000)[1])
     if accuracy < spec.target_accuracy:

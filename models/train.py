@@ -19,6 +19,7 @@ from absl import flags
 import tfquant as tfq
 from tfquant._keras import keras
 from tfquant.models import datasets
+from tfquant.models.classifier import compile_classifier
 from tfquant.models.digits import digits_cnn
 from tfquant.models.lenet import lenet5, lenet300_100
 from tfquant.models.mobilenet import tiny_mobilenet
@@ -223,15 +224,6 @@ def make_schedule(schedule, qmodel, epochs, batches_per_epoch, verbose=0):
     return callback, max(epochs, callback.epochs_needed(qmodel))
 
 
-def _compile(model, learning_rate):
-    model.compile(
-        keras.optimizers.Adam(learning_rate),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
-
-
 def _accuracy(model, x, y, batch_size):
     return float(model.evaluate(x, y, batch_size=max(batch_size, 256), verbose=0)[1])
 
@@ -328,7 +320,7 @@ def train(
                 f"float_weights could not be loaded into model {model!r}: {error}. "
                 f"Received: float_weights={float_weights!r}",
             ) from error
-    _compile(float_model, learning_rate)
+    compile_classifier(float_model, learning_rate)
     if not float_weights and float_epochs:
         float_model.fit(
             x,
@@ -364,7 +356,7 @@ def train(
     if scheme != "none":
         quantization = make_scheme(scheme, bits, schedule, activation_bits)
         qmodel = tfq.quantize_model(float_model, quantization)
-        _compile(qmodel, qat_learning_rate or learning_rate / 2)
+        compile_classifier(qmodel, qat_learning_rate or learning_rate / 2)
         batches = math.ceil(len(x) / batch_size)
         callback, fit_epochs = make_schedule(schedule, qmodel, epochs, batches, keras_verbose)
         if fit_epochs > epochs:

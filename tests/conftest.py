@@ -4,18 +4,12 @@ import numpy as np
 import pytest
 
 import tfquant as tfq
-from tfquant.models import datasets, digits_cnn
+from tfquant.models import compile_classifier, datasets, digits_cnn
 
 keras = tfq.keras
 
 
-def compile_model(model, learning_rate=1e-3):
-    model.compile(
-        keras.optimizers.Adam(learning_rate),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
+compile_model = compile_classifier
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,8 @@ import numpy as np
 
 import tfquant as tfq
 from tfquant import export, summary
-from tfquant._keras import keras, tf
-from tfquant.models import datasets, digits_cnn
+from tfquant._keras import tf
+from tfquant.models import compile_classifier, datasets, digits_cnn
 
 SCHEMES = {
     "multivalued 3-bit (k-means)": lambda: tfq.schemes.Multivalued(bits=3),
@@ -23,14 +23,6 @@ SCHEMES = {
 }
 
 
-def _compile(model, learning_rate):
-    model.compile(
-        keras.optimizers.Adam(learning_rate),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-
-
 def _float_tflite(model):
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()
 
@@ -39,7 +31,7 @@ def run(epochs=30, qat_epochs=8, seed=0, print_fn=print):
     """Trains, quantizes with every scheme, exports and benchmarks; returns the table rows."""
     (x, y), (x_test, y_test) = datasets.load("digits", seed=seed)
     model = digits_cnn(seed)
-    _compile(model, 1e-3)
+    compile_classifier(model, 1e-3)
     model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
     float_tfl = _float_tflite(model)
     rows = [
@@ -62,7 +54,7 @@ def run(epochs=30, qat_epochs=8, seed=0, print_fn=print):
     for name, make in SCHEMES.items():
         start = time.perf_counter()
         qmodel = tfq.quantize_model(model, make())
-        _compile(qmodel, 5e-4)
+        compile_classifier(qmodel, 5e-4)
         qmodel.fit(x, y, epochs=qat_epochs, batch_size=32, verbose=0)
         tfl = export.to_tflite(qmodel, representative_data=x[:200])
         report = export.check_tflite(tfl, qmodel, x_test, y_test)
