@@ -7,7 +7,8 @@ Rows per dataset: float (after the float epochs, and after as many more epochs a
 quantized row gets: the reference for "drop"); for each bit width and for ternary (3 levels):
 naive (every weight snapped to its k-means center from the start, then fine-tuned), MVQ
 (IntervalContraction over all epochs), SLQ (PartitionRounds, zero cluster first), MLQ
-(IncrementalLayers, ternary only) and MPA (PhaseAdaptation with epochs_per_phase = epochs / levels).
+(IncrementalLayers, ternary only), MPA (PhaseAdaptation with epochs_per_phase = epochs / levels)
+and MPA+tune (the phases in 3/4 of the epochs, then `tune_centers`: the shared values train).
 """
 
 import argparse
@@ -27,6 +28,10 @@ def _schedule(method, levels, epochs):
     """The schedule of one row, fitted into `epochs` epochs."""
     if method == "MPA":
         return tfq.callbacks.PhaseAdaptation(epochs_per_phase=epochs / levels, verbose=0)
+    if method == "MPA+tune":  # phases in 3/4 of the epochs, center tuning in the rest
+        return tfq.callbacks.PhaseAdaptation(
+            epochs_per_phase=0.75 * epochs / levels, tune_centers=True, verbose=0
+        )
     if method == "MVQ":
         return tfq.callbacks.IntervalContraction(epochs=epochs, verbose=0)
     if method == "SLQ":
@@ -111,12 +116,14 @@ def run_dataset(name, args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["mnist", "fashion_mnist"])
-    parser.add_argument("--bits", nargs="+", type=int, default=[4, 3, 2])
+    parser.add_argument(
+        "--bits", nargs="*", type=int, default=[4, 3, 2], help="widths besides ternary"
+    )
     parser.add_argument(
         "--methods",
         nargs="*",
-        default=["naive", "MVQ", "SLQ", "MLQ", "MPA"],
-        help="rows per width: naive MVQ SLQ MLQ MPA (MLQ runs for ternary only)",
+        default=["naive", "MVQ", "SLQ", "MLQ", "MPA", "MPA+tune"],
+        help="rows per width: naive MVQ SLQ MLQ MPA MPA+tune (MLQ runs for ternary only)",
     )
     parser.add_argument("--epochs", type=int, default=8, help="quantization epochs per row")
     parser.add_argument("--float-epochs", type=int, default=8)
@@ -128,7 +135,7 @@ def main(argv=None):
     rows = []
     for name in args.datasets:
         rows += run_dataset(name, args)
-    header = f"{'dataset':<14}{'method':<8}{'bits':<9}{'accuracy':>9}{'drop pt':>9}{'distinct':>18}"
+    header = f"{'dataset':<14}{'method':<10}{'bits':<9}{'accuracy':>9}{'drop pt':>9}{'distinct':>18}"
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -136,7 +143,7 @@ def main(argv=None):
         distinct = "/".join(map(str, r.get("distinct_per_layer", [])))
         bits = r.get("bits") or f"32 {r['epochs']}ep"
         print(
-            f"{r['dataset']:<14}{r['method']:<8}{bits:<9}"
+            f"{r['dataset']:<14}{r['method']:<10}{bits:<9}"
             f"{r['accuracy']:>9.4f}{drop:>9}{distinct:>18}"
         )
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)

@@ -244,3 +244,22 @@ def test_tensorboard_gets_schedule_scalars(float_model, digits, tmp_path):
         for event in tf.compat.v1.train.summary_iterator(str(path)):
             tags |= {value.tag for value in event.summary.value}
     assert {"epoch_quant_fc1/frozen_fraction", "epoch_quant_fc1/quantization_error"} <= tags
+
+
+def test_tune_centers_moves_the_codebook_and_ends_on_the_grid(float_model, digits):
+    x, y = _subset(digits)
+    runs = {}
+    for tune in (False, True):
+        keras.utils.set_random_seed(5)
+        qmodel = _scheduled(float_model, bits=2)
+        schedule = tfq.callbacks.PhaseAdaptation(epochs_per_phase=1, tune_centers=tune, verbose=0)
+        epochs = schedule.epochs_needed(qmodel) + 2  # two epochs of center tuning
+        qmodel.fit(x, y, epochs=epochs, batch_size=64, shuffle=False, verbose=0, callbacks=[schedule])
+        runs[tune] = qmodel
+    for (kernel, state), (_, plain) in zip(_states(runs[True]), _states(runs[False]), strict=True):
+        centers = state["centers"].numpy()
+        assert state["center_tuning"].numpy() == 1.0
+        assert np.all(np.isin(kernel.numpy(), centers))  # every weight on a center
+        np.testing.assert_array_equal(tfq.quantizers.multivalued.snap_centers(centers), centers)
+        assert len(np.unique(kernel.numpy())) <= 4
+        assert not np.array_equal(centers, plain["centers"].numpy())  # the centers trained

@@ -12,17 +12,19 @@ import numpy as np
 
 from tfquant._keras import keras, tf
 from tfquant.callbacks.base import (
+    AfterStep,
     FiniteGuard,
     batches_per_epoch,
     check_steps_per_epoch,
     clip_free,
-    compiled,
     last_batch,
     layer_scalars,
     masked_multivalued_layers,
     order_by_names,
     recluster_free_weights,
     say,
+    settle_centers,
+    values,
 )
 from tfquant.quantizers.base import (
     check_bool,
@@ -35,27 +37,70 @@ _ORDERS = ("parallel", "sequential")
 _UPDATES = ("batch", "epoch")
 
 
-def _adapt(kernel, state, interval, adaptation):
-    """One MPA update of one layer (graph code). `interval` < 0: no adapting interval."""
-    centers, bounds = state["centers"], state["interval_bounds"]
+@values
+def _adapted(weights, mask, centers, bounds, done, interval, adaptation):
+    """One MPA update of one layer's weights and frozen mask (`interval` < 0: none adapts)."""
     count = centers.shape[0]
     active = interval >= 0
     index = tf.clip_by_value(interval, 0, count - 1)
     center = tf.gather(centers, index)
     left = center - adaptation * tf.abs(center - tf.gather(bounds, index))  # Eq. 5-6
     right = center + adaptation * tf.abs(tf.gather(bounds, index + 1) - center)
-    weights = tf.convert_to_tensor(kernel)
-    frozen = state["frozen_mask"] > 0.5
+    frozen = mask > 0.5
     newly = active & ~frozen & (weights >= left) & (weights <= right)  # Eq. 8
     snapped, _ = nearest_level(weights, centers)
     weights = tf.where(frozen, snapped, tf.where(newly, center, weights))  # Eq. 7
     frozen = frozen | newly
     finishing = active & (tf.range(count) == index) & (adaptation >= 1.0)
-    unfinished = ~((state["interval_done"] > 0.5) | finishing)
-    weights = clip_free(weights, frozen, bounds, unfinished)  # Eq. 15
+    unfinished = ~((done > 0.5) | finishing)
+    return clip_free(weights, frozen, bounds, unfinished), tf.cast(frozen, mask.dtype)  # Eq. 15
+
+
+def _adapt(kernel, state, interval, adaptation):
+    """One MPA update of one layer (graph code)."""
+    weights, frozen = _adapted(
+        tf.convert_to_tensor(kernel),
+        tf.convert_to_tensor(state["frozen_mask"]),
+        tf.convert_to_tensor(state["centers"]),
+        tf.convert_to_tensor(state["interval_bounds"]),
+        tf.convert_to_tensor(state["interval_done"]),
+        interval,
+        adaptation,
+    )
     kernel.assign(weights)
-    state["frozen_mask"].assign(tf.cast(frozen, state["frozen_mask"].dtype))
-    state["adaptation"].assign(tf.where(active, adaptation, 0.0))
+    state["frozen_mask"].assign(frozen)
+    state["adaptation"].assign(tf.where(interval >= 0, adaptation, 0.0))
+    state["schedule_step"].assign_add(1.0)
+
+
+@values
+def _recentered(weights, centers, keep_zero):
+    """Center tuning of one fully quantized layer: the optimizer has just moved its weights
+    (straight-through gradients while `center_tuning` is 1); each center moves to the mean of
+    its weights and the weights go back onto their centers, so the codebook takes the mean
+    step of its members (Deep Compression's centroid update). `keep_zero` (a Python bool):
+    the zero center of a sparse layer stays 0, so its pruned weights stay 0."""
+    _, index = nearest_level(weights, centers)  # steps are far smaller than the gaps
+    moved = []
+    for j in range(centers.shape[0]):
+        member = tf.equal(index, j)
+        count = tf.reduce_sum(tf.cast(member, weights.dtype))
+        total = tf.reduce_sum(tf.where(member, weights, tf.zeros_like(weights)))
+        moved.append(tf.where(count > 0, total / tf.maximum(count, 1.0), centers[j]))
+    moved = tf.stack(moved)
+    if keep_zero:
+        zero = tf.range(centers.shape[0]) == tf.cast(tf.argmin(tf.abs(centers)), tf.int32)
+        moved = tf.where(zero, 0.0, moved)
+    return tf.gather(moved, index), tf.sort(moved)
+
+
+def _recenter(kernel, state, keep_zero):
+    """One center-tuning step of one layer (graph code)."""
+    weights, centers = _recentered(
+        tf.convert_to_tensor(kernel), tf.convert_to_tensor(state["centers"]), keep_zero
+    )
+    kernel.assign(weights)
+    state["centers"].assign(centers)
     state["schedule_step"].assign_add(1.0)
 
 
@@ -86,6 +131,15 @@ class PhaseAdaptation(keras.callbacks.Callback):
         (prune, then quantize the rest while the network recovers, as in Deep Compression)
         instead of last by |center|; layers without a zero interval are not affected.
         Re-clustering never moves the zero center.
+      fused: with update="batch", run the per-batch update inside Keras' train step (same
+        `tf.function`, no extra dispatch; see `base.AfterStep` for when it falls back to a
+        hook). False always uses the `on_train_batch_end` hook; both give the same result.
+      tune_centers: once a layer's last interval is quantized, the epochs that follow tune its
+        centers (Deep Compression's centroid fine-tuning; the MPA paper ends with every
+        weight frozen and only the unquantized parameters training): every weight keeps its
+        center, each center moves by the mean step of its weights, and at the end of `fit`
+        the centers go back onto the int8 grid. Costs a few per-center sums per batch.
+        Give the schedule more epochs than `epochs_needed` for it to act.
 
     Example:
       >>> schedule = PhaseAdaptation(epochs_per_phase=1, recluster=True)
@@ -104,6 +158,8 @@ class PhaseAdaptation(keras.callbacks.Callback):
         steps_per_epoch=None,
         verbose=1,
         zero_first=True,
+        fused=True,
+        tune_centers=False,
     ):
         super().__init__()
         self.epochs_per_phase = check_float("epochs_per_phase", epochs_per_phase, 0.0, 10_000.0)
@@ -133,8 +189,11 @@ class PhaseAdaptation(keras.callbacks.Callback):
         self.steps_per_epoch = check_steps_per_epoch(steps_per_epoch)
         self.verbose = check_int("verbose", verbose, 0, 2)
         self.zero_first = check_bool("zero_first", zero_first)
+        self.fused = check_bool("fused", fused)
+        self.tune_centers = check_bool("tune_centers", tune_centers)
         self._layers = None
         self._guard = FiniteGuard(type(self).__name__, self.verbose)
+        self._after_step = AfterStep(self.fused)
 
     # -- configuration -----------------------------------------------------------------------
     def get_config(self):
@@ -148,6 +207,8 @@ class PhaseAdaptation(keras.callbacks.Callback):
             "steps_per_epoch": self.steps_per_epoch,
             "verbose": self.verbose,
             "zero_first": self.zero_first,
+            "fused": self.fused,
+            "tune_centers": self.tune_centers,
         }
 
     @classmethod
@@ -184,63 +245,115 @@ class PhaseAdaptation(keras.callbacks.Callback):
         self._layers = self._ordered(self.model)
         self._offset = self._offsets(self._layers)
         self._per_phase = self._units_per_phase()
-        self._step_fn = compiled(self._apply, self.model)
         self._guard.watch(self.model, self._layers)
+        self._after_step.install(
+            self.model, self._graph_update, (self._per_phase,), fuse=self.update == "batch"
+        )
+
+    def on_train_end(self, logs=None):
+        self._after_step.uninstall(self.model)
+        for layer in self._layers or []:
+            if layer.state["center_tuning"].numpy() > 0.5:
+                settle_centers(layer)  # tuned centers back on the int8 grid (exact export)
 
     def on_epoch_begin(self, epoch, logs=None):
         # Python mirrors of two variables, read back at every epoch start (after
-        # BackupAndRestore or a checkpoint restored them) and kept in step afterwards, so
-        # batches need no device sync.
+        # BackupAndRestore or a checkpoint restored them) and kept in step afterwards.
         self._schedule_step = int(self._layers[0].state["schedule_step"].numpy())
         self._adapting = [int(layer.state["adapting_interval"].numpy()) for layer in self._layers]
+        self._issued = 0  # steps run since the mirror was last read back
         self._epoch, self._advanced_this_epoch = epoch, False
         self._guard.new_epoch()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # Before the step, fused or not: the interval's pull (Eq. 12) acts from a phase's
+        # first batch on.
+        self._prepare()
 
     def on_train_batch_end(self, batch, logs=None):
         # update="epoch" advances after the epoch's last batch, before any on_epoch_end (where
         # BackupAndRestore saves); in on_epoch_end only when fit does not know the batch count.
-        if self.update == "batch" or last_batch(self, batch):
+        if self._after_step.active:
+            self._issued += 1
+            if (self._schedule_step + self._issued) % self._per_phase == 0:
+                self._sync(logs)  # a phase may have ended
+        elif self.update == "batch" or last_batch(self, batch):
             self._advance(logs)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.update == "epoch" and not self._advanced_this_epoch:
             self._advance(logs)
+        if self._after_step.active:
+            self._sync(logs)
         self._guard.end_epoch(epoch)
         if logs is not None:
             logs.update(self.scalars())
 
     # -- the schedule ------------------------------------------------------------------------
-    def _advance(self, logs):
-        self._advanced_this_epoch = True
-        where = f"at schedule step {self._schedule_step} (epoch {self._epoch})"
-        if not self._guard.finite(logs, where):
-            return
-        step = self._schedule_step
-        phase, within = divmod(step, self._per_phase)
-        adaptation = (within + 1) / self._per_phase
-        plan = []
-        for position, layer in enumerate(self._layers):
-            layer_phase = phase - self._offset[position]
-            if 0 <= layer_phase < layer.levels:
-                interval = self._adapting_interval(layer, position)
-                plan.append((interval, adaptation))
-            else:
-                plan.append((-1, 0.0))
-        self._step_fn(
-            tf.constant([i for i, _ in plan], tf.int32),
-            tf.constant([s for _, s in plan], tf.float32),
-        )
-        self._schedule_step += 1
-        for position, (layer, (interval, adaptation)) in enumerate(
-            zip(self._layers, plan, strict=True)
-        ):
-            if interval >= 0 and adaptation >= 1.0:
-                self._finish_interval(layer, interval)
-                self._adapting[position] = -1
+    def _graph_update(self, loss):
+        """Graph code, one schedule step (fused into the train step, or called after it): if
+        the loss and the weights are finite, s = (step mod units + 1) / units on every layer
+        with an adapting interval (chosen beforehand by `_prepare`), then Eq. 5-8 and 15."""
 
-    def _apply(self, intervals, adaptations):
+        def advance():
+            step = tf.cast(self._layers[0].state["schedule_step"], tf.int32)
+            adaptation = tf.cast(step % self._per_phase + 1, tf.float32) / self._per_phase
+            for layer in self._layers:
+                state = layer.state
+                interval = tf.cast(state["adapting_interval"], tf.int32)
+                if not self.tune_centers:
+                    _adapt(layer.kernel, state, interval, adaptation)
+                    continue
+                sparse = "zero_threshold" in state
+
+                def adapt(layer=layer, interval=interval):
+                    _adapt(layer.kernel, layer.state, interval, adaptation)
+                    return tf.constant(True)
+
+                def recenter(layer=layer, sparse=sparse):
+                    _recenter(layer.kernel, layer.state, sparse)
+                    return tf.constant(True)
+
+                tf.cond(state["center_tuning"] > 0.5, recenter, adapt)
+            return tf.constant(True)
+
+        return tf.cond(self._guard.graph_finite(loss), advance, lambda: tf.constant(False))
+
+    def _prepare(self):
+        """At a phase start, picks each layer's next interval (Python: Eq. 11, re-clustering)."""
+        if -1 not in self._adapting:
+            return
+        phase = (self._schedule_step + self._issued) // self._per_phase
         for position, layer in enumerate(self._layers):
-            _adapt(layer.kernel, layer.state, intervals[position], adaptations[position])
+            if self._adapting[position] < 0 and 0 <= phase - self._offset[position] < layer.levels:
+                self._adapting_interval(layer, position)
+
+    def _sync(self, logs):
+        """Reads the step count back: reports steps the graph skipped (non-finite loss or
+        weights), and finishes the intervals when a phase's last step ran. Fused, this runs
+        only where a phase would end and at the epoch's end (a read is a host sync)."""
+        step = int(self._layers[0].state["schedule_step"].numpy())
+        expected = self._schedule_step + self._issued
+        if step < expected:
+            where = f"at schedule step {step} (epoch {self._epoch})"
+            self._guard.skipped_steps(expected - step, logs, where)
+        finished = step > self._schedule_step and step % self._per_phase == 0
+        self._schedule_step, self._issued = step, 0
+        if finished and not self._guard.finite(logs, f"at the end of phase (epoch {self._epoch})"):
+            return  # kernels hold NaN: the intervals stay open, their phase runs again
+        if finished:
+            for position, layer in enumerate(self._layers):
+                if self._adapting[position] >= 0:
+                    self._finish_interval(layer, self._adapting[position])
+                    self._adapting[position] = -1
+
+    def _advance(self, logs):
+        """One schedule step from a hook (not fused)."""
+        self._advanced_this_epoch = True
+        self._prepare()
+        self._after_step.run(logs)
+        self._issued += 1
+        self._sync(logs)
 
     def _adapting_interval(self, layer, position):
         """The layer's adapting interval; at a phase start picks the next one (Eq. 11)."""
@@ -274,6 +387,8 @@ class PhaseAdaptation(keras.callbacks.Callback):
         if done.all():  # every weight exactly a center, even any left outside the intervals
             layer.kernel.assign(nearest_level(layer.kernel, state["centers"])[0])
             state["frozen_mask"].assign(tf.ones_like(state["frozen_mask"]))
+            if self.tune_centers:
+                state["center_tuning"].assign(1.0)
         frozen = float(np.mean(state["frozen_mask"].numpy()))
         center = float(state["centers"].numpy()[interval])
         self._say(

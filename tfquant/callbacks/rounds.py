@@ -13,8 +13,8 @@ import numpy as np
 
 from tfquant._keras import keras
 from tfquant.callbacks.base import (
+    AfterStep,
     FiniteGuard,
-    compiled,
     freeze_intervals,
     hold,
     last_batch,
@@ -36,24 +36,33 @@ class _EpochSchedule(keras.callbacks.Callback):
     an epoch after its last batch (in `on_epoch_end` only when `fit` does not know the batches
     per epoch), unless the loss or a weight is NaN or Inf (see `base.FiniteGuard`)."""
 
-    def __init__(self, verbose):
+    def __init__(self, verbose, fused):
         super().__init__()
         self.verbose = check_int("verbose", verbose, 0, 2)
+        self.fused = check_bool("fused", fused)
         self._layers = None
         self._guard = FiniteGuard(type(self).__name__, self.verbose)
+        self._after_step = AfterStep(self.fused)
         self._epoch_counted = False
 
     def on_train_begin(self, logs=None):
         self._layers = self._arrange(masked_multivalued_layers(self.model, type(self).__name__))
-        self._hold = compiled(self._hold_all, self.model)
         self._guard.watch(self.model, self._layers)
+        self._after_step.install(self.model, self._hold_all, ())
 
-    def _hold_all(self):
+    def on_train_end(self, logs=None):
+        self._after_step.uninstall(self.model)
+
+    def _hold_all(self, loss):
+        """Graph code after every batch: `hold` on every layer (fused into the train step, or
+        called after it)."""
+        del loss  # holding finite weights in place is safe; the epoch count is guarded
         for layer in self._layers:
             hold(layer.kernel, layer.state)
 
     def on_train_batch_end(self, batch, logs=None):
-        self._hold()
+        if not self._after_step.active:
+            self._after_step.run(logs)
         if last_batch(self, batch):
             self._count_epoch(logs)
 
@@ -102,6 +111,8 @@ class PartitionRounds(_EpochSchedule):
       recluster: re-run k-means on the free weights for the unfinished clusters before each
         round (when those are contiguous, as with "magnitude").
       verbose: 1 prints a line per round.
+      fused: hold the frozen weights inside Keras' train step (see `base.AfterStep`);
+        False uses the `on_train_batch_end` hook. Both give the same result.
 
     Example:
       >>> rounds = PartitionRounds(rounds=2, order="magnitude")
@@ -110,9 +121,15 @@ class PartitionRounds(_EpochSchedule):
     """
 
     def __init__(
-        self, rounds=None, epochs_per_round=1, order="zero_first", recluster=False, verbose=1
+        self,
+        rounds=None,
+        epochs_per_round=1,
+        order="zero_first",
+        recluster=False,
+        verbose=1,
+        fused=True,
     ):
-        super().__init__(verbose)
+        super().__init__(verbose, fused)
         self.rounds = None if rounds is None else check_int("rounds", rounds, 1, 256)
         self.epochs_per_round = check_int("epochs_per_round", epochs_per_round, 1, 10_000)
         if order not in _ROUND_ORDERS:
@@ -127,6 +144,7 @@ class PartitionRounds(_EpochSchedule):
             "order": self.order,
             "recluster": self.recluster,
             "verbose": self.verbose,
+            "fused": self.fused,
         }
 
     def _rounds_for(self, layer):
@@ -191,6 +209,8 @@ class IncrementalLayers(_EpochSchedule):
       order: "sequential" (model order), "reverse", or a list of layer names (the others
         follow in model order).
       verbose: 1 prints a line per layer.
+      fused: hold the frozen weights inside Keras' train step (see `base.AfterStep`);
+        False uses the `on_train_batch_end` hook. Both give the same result.
 
     Example:
       >>> schedule = IncrementalLayers(epochs_per_layer=2, order="reverse")
@@ -199,8 +219,8 @@ class IncrementalLayers(_EpochSchedule):
       True
     """
 
-    def __init__(self, epochs_per_layer=1, order="sequential", verbose=1):
-        super().__init__(verbose)
+    def __init__(self, epochs_per_layer=1, order="sequential", verbose=1, fused=True):
+        super().__init__(verbose, fused)
         self.epochs_per_layer = check_int("epochs_per_layer", epochs_per_layer, 1, 10_000)
         if isinstance(order, str) and order not in ("sequential", "reverse"):
             raise ValueError(
@@ -221,6 +241,7 @@ class IncrementalLayers(_EpochSchedule):
             "epochs_per_layer": self.epochs_per_layer,
             "order": self.order,
             "verbose": self.verbose,
+            "fused": self.fused,
         }
 
     def _arrange(self, layers):

@@ -67,7 +67,7 @@ def snap_with_zero_interval(kernel, centers, zero_threshold):
     return tf.where(pruned, tf.zeros_like(snapped), snapped), pruned
 
 
-def multivalued(kernel, centers, frozen_mask=None, zero_threshold=None):
+def multivalued(kernel, centers, frozen_mask=None, zero_threshold=None, center_tuning=None):
     """Snaps `kernel` to its nearest `centers` with a straight-through gradient.
 
     Args:
@@ -75,7 +75,10 @@ def multivalued(kernel, centers, frozen_mask=None, zero_threshold=None):
       centers: sorted 1-D float tensor (the codebook).
       frozen_mask: optional tensor like `kernel`; where it is 0 the weight passes through in
         full precision (Eq. 7-8 of MPA: only the frozen set and the adaptation range snap).
-        Frozen weights get no gradient (MPA Eq. 14).
+        Frozen weights get no gradient (MPA Eq. 14) unless `center_tuning` is 1.
+      center_tuning: optional scalar; at 1 the frozen weights pass the gradient straight
+        through (their value stays the center), so that a schedule can move each center by
+        the mean step of its weights (`PhaseAdaptation(tune_centers=True)`).
       zero_threshold: optional t of a zero interval (see `snap_with_zero_interval`). Without
         a frozen mask, weights inside it are pruned: 0 and no gradient, so they stay pruned
         during fine-tuning (Deep Compression's fixed pruning mask).
@@ -89,7 +92,12 @@ def multivalued(kernel, centers, frozen_mask=None, zero_threshold=None):
     else:
         snapped, pruned = snap_with_zero_interval(kernel, centers, zero_threshold)
     if frozen_mask is not None:
-        return tf.where(frozen_mask > 0.5, tf.stop_gradient(snapped), kernel)
+        held = tf.stop_gradient(snapped)
+        if center_tuning is not None:  # value unchanged (x - x is exactly 0); where(), not a
+            # product, so that a NaN upstream gradient cannot reach frozen weights when off
+            step = kernel - tf.stop_gradient(kernel)
+            held += tf.where(center_tuning > 0.5, step, tf.zeros_like(step))
+        return tf.where(frozen_mask > 0.5, held, kernel)
     quantized = straight_through(kernel, snapped)
     if pruned is None:
         return quantized
@@ -157,6 +165,7 @@ _SCHEDULE_SCALARS = {
     "adaptation": 0.0,
     "pull_strength": 0.0,
     "schedule_step": 0.0,
+    "center_tuning": 0.0,
 }
 
 
@@ -211,8 +220,8 @@ class MultivaluedQuantizer(TfquantQuantizer):
     SavedModel carry it: `interval_bounds` [k+1] (MPA Eq. 1: e_0 = min w, e_k = max w, the
     rest midpoints), `interval_done` [k] (1 = interval quantized and frozen),
     `adapting_interval` (index of the interval in adaptation, -1 = none), `adaptation`
-    (s of MPA Eq. 5), `pull_strength` (λ_i of MPA Eq. 12-13) and `schedule_step` (batches
-    the schedule has run).
+    (s of MPA Eq. 5), `pull_strength` (λ_i of MPA Eq. 12-13), `schedule_step` (batches
+    the schedule has run) and `center_tuning` (1 while a schedule tunes the centers).
 
     In `masked` mode and training, the layer gets the L1 pull of MPA Eq. 4 as a loss:
     λ · Σ |w - c| over the free weights inside the adapting interval [e_l, e_r].
@@ -345,7 +354,9 @@ class MultivaluedQuantizer(TfquantQuantizer):
         # Inside the traced train step only (Keras' `fit`); an eager call has no loss to join.
         if training and tf.inside_function() and getattr(self, "_owner", None) is not None:
             self._owner.add_loss(adaptation_pull(inputs, weights))
-        return multivalued(inputs, weights["centers"], weights["frozen_mask"], threshold)
+        return multivalued(
+            inputs, weights["centers"], weights["frozen_mask"], threshold, weights["center_tuning"]
+        )
 
     def hard_quantize(self, kernel, weights):
         kernel = tf.convert_to_tensor(kernel)
