@@ -6,10 +6,11 @@ Recipe per row: float baseline (the shipped `tfq.models.pretrained` weights when
 else trained here) -> `tfq.schemes.Multivalued` with a zero interval per layer (fixed
 settings, or `tfq.allocate_bits` for a budget = float bytes / ratio) -> fine-tuning in snap
 mode (pruned weights stay pruned; or `--schedule mpa`: PhaseAdaptation, zero interval
-first) -> `tfq.coding.compress` (Huffman and ANS).
+first; `mpa+tune`: the same in 3/4 of the epochs, then the centers train, zero kept at 0)
+-> `tfq.coding.compress` (Huffman and ANS).
 
 Run: python benchmarks/compression.py [--models lenet300_100 lenet5] [--limit 10000]
-       [--epochs 4] [--schedule snap|mpa] [--float-epochs 10] [--ratios 60 100 200]
+       [--epochs 4] [--schedule snap|mpa|mpa+tune] [--float-epochs 10] [--ratios 60 100 200]
        [--json ...] [--png ...]
 Targets (issue #7): LeNet-5 >= 200x and LeNet-300-100 >= 70x at <= 0.15 pt accuracy drop
 (milestone 60x).
@@ -71,7 +72,7 @@ def float_model(name, train, args):
 
 
 def _scheme(settings, args):
-    mode = "masked" if args.schedule == "mpa" else "snap"
+    mode = "snap" if args.schedule == "snap" else "masked"
     return tfq.schemes.Multivalued(mode=mode, layers=settings)
 
 
@@ -81,9 +82,14 @@ def evaluate_row(name, label, qmodel, train, test, float_accuracy, args):
     start = time.perf_counter()
     compile_classifier(qmodel, args.learning_rate)
     callbacks = []
-    if args.schedule == "mpa":
+    if args.schedule != "snap":
         levels = max(r.levels for r in tfq.summary(qmodel, print_fn=None))
-        schedule = tfq.callbacks.PhaseAdaptation(epochs_per_phase=args.epochs / levels, verbose=0)
+        tune = args.schedule == "mpa+tune"  # phases in 3/4 of the epochs, then center tuning
+        schedule = tfq.callbacks.PhaseAdaptation(
+            epochs_per_phase=(0.75 if tune else 1.0) * args.epochs / levels,
+            tune_centers=tune,
+            verbose=0,
+        )
         callbacks = [schedule]
     if args.epochs:
         qmodel.fit(*train, epochs=args.epochs, batch_size=128, verbose=0, callbacks=callbacks)
@@ -218,7 +224,7 @@ def main(argv=None):
     parser.add_argument("--test-limit", type=int, default=None, help="test images (all)")
     parser.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs per row")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--schedule", choices=["snap", "mpa"], default="snap")
+    parser.add_argument("--schedule", choices=["snap", "mpa", "mpa+tune"], default="snap")
     parser.add_argument("--float-epochs", type=int, default=10)
     parser.add_argument("--train-float", action="store_true", help="ignore shipped baselines")
     parser.add_argument("--ratios", nargs="*", type=float, default=[60.0, 100.0, 200.0])

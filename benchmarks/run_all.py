@@ -35,7 +35,17 @@ BENCHMARKS = {
         "Schedules on LeNet-5 (MNIST, Fashion-MNIST)",
         ["benchmarks/schedules.py"],
         [],
-        ["--datasets", "fashion_mnist", "--bits", "2", "--methods", "naive", "MLQ", "MPA"],
+        [
+            "--datasets",
+            "fashion_mnist",
+            "--bits",
+            "2",
+            "--methods",
+            "naive",
+            "MLQ",
+            "MPA",
+            "MPA+tune",
+        ],
     ),
     "compression": (
         "Compression (LeNet-300-100, LeNet-5 on MNIST)",

@@ -135,7 +135,9 @@ def main(argv=None):
     rows = []
     for name in args.datasets:
         rows += run_dataset(name, args)
-    header = f"{'dataset':<14}{'method':<10}{'bits':<9}{'accuracy':>9}{'drop pt':>9}{'distinct':>18}"
+    header = (
+        f"{'dataset':<14}{'method':<10}{'bits':<9}{'accuracy':>9}{'drop pt':>9}{'distinct':>18}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:

@@ -254,7 +254,9 @@ def test_tune_centers_moves_the_codebook_and_ends_on_the_grid(float_model, digit
         qmodel = _scheduled(float_model, bits=2)
         schedule = tfq.callbacks.PhaseAdaptation(epochs_per_phase=1, tune_centers=tune, verbose=0)
         epochs = schedule.epochs_needed(qmodel) + 2  # two epochs of center tuning
-        qmodel.fit(x, y, epochs=epochs, batch_size=64, shuffle=False, verbose=0, callbacks=[schedule])
+        qmodel.fit(
+            x, y, epochs=epochs, batch_size=64, shuffle=False, verbose=0, callbacks=[schedule]
+        )
         runs[tune] = qmodel
     for (kernel, state), (_, plain) in zip(_states(runs[True]), _states(runs[False]), strict=True):
         centers = state["centers"].numpy()
