@@ -226,6 +226,14 @@ CASES = [
     Case("PartitionRounds recluster", lambda w: callbacks.PartitionRounds(recluster="yes"), TypeError, "recluster"),
     Case("IncrementalLayers epochs", lambda w: callbacks.IncrementalLayers(epochs_per_layer=-2), ValueError, "epochs_per_layer"),
     Case("IncrementalLayers order", lambda w: callbacks.IncrementalLayers(order=7), TypeError, "order=7"),
+    Case("GradualPruning end", lambda w: callbacks.GradualPruning(end_epoch=0), ValueError, "end_epoch=0"),
+    Case("GradualPruning begin", lambda w: callbacks.GradualPruning(end_epoch=2, begin_epoch=3), ValueError, "begin_epoch=3"),
+    Case("GradualPruning initial", lambda w: callbacks.GradualPruning(end_epoch=2, initial_sparsity=1.0), ValueError, "initial_sparsity=1.0"),
+    Case("GradualPruning power", lambda w: callbacks.GradualPruning(end_epoch=2, power=0), ValueError, "power=0"),
+    Case("GradualPruning frequency", lambda w: callbacks.GradualPruning(end_epoch=2, frequency=0.5), TypeError, "frequency=0.5"),
+    Case("GradualPruning fused", lambda w: callbacks.GradualPruning(end_epoch=2, fused="no"), TypeError, "fused='no'"),
+    Case("GradualPruning no zero interval", lambda w: _fit(w.qmodel, w.x, w.y, callbacks.GradualPruning(end_epoch=1)), ValueError, "sparsity > 0"),
+    Case("GradualPruning float model", lambda w: _fit(w.float_model, w.x, w.y, callbacks.GradualPruning(end_epoch=1)), ValueError, "model 'tiny'"),
     Case("PhaseAdaptation float model", lambda w: _fit(w.float_model, w.x, w.y, callbacks.PhaseAdaptation()), ValueError, "model 'tiny'"),
     Case("IntervalContraction float model", lambda w: _fit(w.float_model, w.x, w.y, callbacks.IntervalContraction()), ValueError, "model 'tiny'"),
     Case("PartitionRounds float model", lambda w: _fit(w.float_model, w.x, w.y, callbacks.PartitionRounds()), ValueError, "model 'tiny'"),
@@ -367,7 +375,7 @@ def test_the_table_covers_every_public_entry_point():
     entry_points = [
         "quantize_model", "quantize_apply", "annotate", "Multivalued", "Ternary", "LearnedBasis",
         "Uniform", "PhaseAdaptation", "IntervalContraction", "PartitionRounds",
-        "IncrementalLayers", "summary", "load_model", "compress", "decompress", "to_tflite",
+        "IncrementalLayers", "GradualPruning", "summary", "load_model", "compress", "decompress", "to_tflite",
         "check_tflite", "benchmark", "edgetpu_report", "micro_report", "load ",
     ]  # fmt: skip
     assert [e for e in entry_points if e not in names] == []

@@ -30,8 +30,10 @@ def snap_centers(centers):
     """
     centers = np.asarray(centers, dtype=np.float64)
     top = np.max(np.abs(centers))
-    if top == 0:
-        return np.sort(centers).astype(np.float32)
+    if top < np.finfo(np.float32).tiny * _LEVELS_IN_INT8:
+        # A grid step below the smallest normal float32: TF's CPU kernels flush such
+        # subnormal values to 0 while NumPy keeps them, so the codebook is all zeros.
+        return np.zeros(centers.shape, np.float32)
     step = top / _LEVELS_IN_INT8
     return np.sort(np.round(centers / step) * step).astype(np.float32)
 

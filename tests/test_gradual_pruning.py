@@ -1,0 +1,182 @@
+"""GradualPruning on digits: the zero interval follows Zhu & Gupta's schedule, never shrinks,
+reaches each layer's target, pruned weights are exact zeros in the codebook, a resumed run
+is identical, a NaN kernel does not move its interval, and the config round-trips."""
+
+import numpy as np
+import pytest
+
+import tfquant as tfq
+from tests.conftest import compile_model
+from tfquant._keras import quantized_weights, tf
+from tfquant.callbacks.pruning import pruning_sparsity
+
+keras = tfq.keras
+
+
+def _subset(digits, n=256):
+    (x, y), _ = digits
+    return x[:n], y[:n]
+
+
+def _pruned_model(float_model, sparsity=0.8, layers=None):
+    scheme = tfq.schemes.Multivalued(levels=5, sparsity=sparsity, layers=layers)
+    return compile_model(tfq.quantize_model(float_model, scheme), 1e-3)
+
+
+def _states(model):
+    return [(w, q, s) for _, w, q, s in quantized_weights(model) if "zero_threshold" in s]
+
+
+class _Recorder(keras.callbacks.Callback):
+    """After every batch (after the schedule): thresholds and zero fractions per layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.thresholds, self.zeros, self.pruned = [], [], None
+
+    def on_train_batch_end(self, batch, logs=None):
+        thresholds, zeros, pruned = [], [], []
+        for kernel, _, state in _states(self.model):
+            values = kernel.numpy()
+            t = float(state["zero_threshold"].numpy())
+            thresholds.append(t)
+            zeros.append(float(np.mean(values == 0)))
+            pruned.append(np.abs(values) <= t)
+        self.thresholds.append(thresholds)
+        self.zeros.append(zeros)
+        self.pruned = pruned
+
+
+def test_schedule_formula():
+    values = [pruning_sparsity(t, 0.9, 0.2, 10, 30, 3) for t in range(0, 40)]
+    assert values[:11] == [0.2] * 11 and values[30:] == [0.9] * 10
+    assert all(b >= a for a, b in zip(values, values[1:], strict=False))
+    assert values[20] == pytest.approx(0.9 - 0.7 * 0.5**3)
+
+
+def test_zero_interval_grows_to_the_target(float_model, digits):
+    x, y = _subset(digits)
+    targets = {"quant_fc1": 0.9}
+    qmodel = _pruned_model(float_model, 0.7, layers={"fc1": {"sparsity": 0.9}})
+    pruning = tfq.callbacks.GradualPruning(end_epoch=2, frequency=3, verbose=0)
+    recorder = _Recorder()
+    qmodel.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[pruning, recorder])
+    thresholds = np.array(recorder.thresholds)
+    assert np.all(np.diff(thresholds, axis=0) >= 0), "a zero interval shrank"
+    zeros = np.array(recorder.zeros)
+    assert zeros[0].max() < 0.5, "the first batches should prune little (cubic start at 0)"
+    for (wrapper, kernel, quantizer, state), last in zip(
+        quantized_weights(qmodel), recorder.pruned, strict=True
+    ):
+        target = targets.get(wrapper.name, 0.7)
+        assert quantizer.sparsity == pytest.approx(target)
+        assert np.mean(last) >= target - 0.01, (wrapper.name, np.mean(last))
+        hard = np.asarray(quantizer.hard_quantize(kernel, state))
+        centers = state["centers"].numpy()
+        assert 0.0 in centers and np.all(np.isin(hard, centers))
+        assert np.mean(hard == 0) >= target - 0.01
+    assert int(_states(qmodel)[0][2]["schedule_step"].numpy()) == 3 * 8
+    assert qmodel.train_function is not None  # the model's own train function is back
+
+
+def test_updates_follow_the_schedule(float_model, digits):
+    x, y = _subset(digits, 128)  # 4 batches of 32 per epoch
+    qmodel = _pruned_model(float_model, 0.8)
+    pruning = tfq.callbacks.GradualPruning(
+        end_epoch=2, begin_epoch=0.5, initial_sparsity=0.1, frequency=2, verbose=0
+    )
+    recorder = _Recorder()
+    callbacks = [pruning, recorder]
+    qmodel.fit(x, y, epochs=3, batch_size=32, shuffle=False, verbose=0, callbacks=callbacks)
+    # Updates at batches 2, 4, 6, 8 (= end): each pruned at least s(step) of every layer.
+    for step in (2, 4, 6, 8):
+        expected = pruning_sparsity(step, 0.8, 0.1, 2, 8, 3)
+        for zeros in recorder.zeros[step - 1]:
+            assert zeros >= expected - 0.02, (step, zeros, expected)
+
+
+def test_resume_mid_pruning_is_identical(float_model, digits, tmp_path):
+    tf.config.experimental.enable_op_determinism()
+    x, y = _subset(digits, 192)
+
+    def run(interrupt_at=None, backup=None):
+        keras.utils.set_random_seed(3)
+        qmodel = _pruned_model(float_model, 0.8)
+        callbacks = [tfq.callbacks.GradualPruning(end_epoch=3, frequency=2, verbose=0)]
+        if backup:
+            callbacks.append(keras.callbacks.BackupAndRestore(str(backup)))
+        if interrupt_at is not None:
+            callbacks.append(_Interrupt(*interrupt_at))
+        try:
+            qmodel.fit(x, y, epochs=4, batch_size=64, shuffle=False, verbose=0, callbacks=callbacks)
+        except _Stop:
+            return None
+        return qmodel
+
+    reference = run()
+    assert run(interrupt_at=(1, 1), backup=tmp_path / "backup") is None  # mid pruning
+    resumed = run(backup=tmp_path / "backup")
+    for (k1, _, s1), (k2, _, s2) in zip(_states(reference), _states(resumed), strict=True):
+        np.testing.assert_array_equal(k1.numpy(), k2.numpy())
+        for key in ("centers", "zero_threshold", "schedule_step"):
+            np.testing.assert_array_equal(s1[key].numpy(), s2[key].numpy())
+
+
+class _Stop(Exception):
+    pass
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.at, self.epoch = (epoch, batch), None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            raise _Stop()
+
+
+def test_nan_kernel_keeps_its_interval(float_model, capsys):
+    qmodel = _pruned_model(float_model, 0.8)
+    pruning = tfq.callbacks.GradualPruning(end_epoch=1, frequency=1)
+    pruning.set_model(qmodel)
+    pruning.set_params({"steps": 4, "epochs": 1})
+    pruning.on_train_begin()
+    pruning.on_epoch_begin(0)
+    kernel, _, state = _states(qmodel)[0]
+    before = float(state["zero_threshold"].numpy())
+    values = kernel.numpy()
+    values.flat[0] = np.nan
+    kernel.assign(values)
+    pruning.on_train_batch_end(0, {"loss": 1.0})
+    assert "NaN or Inf" in capsys.readouterr().out
+    assert float(state["zero_threshold"].numpy()) == before
+    pruning.on_train_end()
+
+
+def test_masked_model_is_refused_before_training(float_model, digits):
+    x, y = _subset(digits, 64)
+    scheme = tfq.schemes.Multivalued(levels=5, sparsity=0.5, mode="masked")
+    qmodel = compile_model(tfq.quantize_model(float_model, scheme))
+    before = [w.copy() for w in qmodel.get_weights()]
+    with pytest.raises(ValueError, match="'snap' mode"):
+        qmodel.fit(x, y, epochs=1, verbose=0, callbacks=[tfq.callbacks.GradualPruning(1)])
+    assert all(np.array_equal(a, b) for a, b in zip(before, qmodel.get_weights(), strict=True))
+
+
+def test_config_round_trip():
+    pruning = tfq.callbacks.GradualPruning(
+        end_epoch=5.5,
+        begin_epoch=1,
+        initial_sparsity=0.2,
+        power=2,
+        frequency=50,
+        steps_per_epoch=10,
+        verbose=2,
+        fused=False,
+    )
+    clone = tfq.callbacks.GradualPruning.from_config(pruning.get_config())
+    assert clone.get_config() == pruning.get_config()
