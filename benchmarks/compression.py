@@ -5,13 +5,15 @@ next to the published ratios (Deep Compression, Choi et al. seed 003, soft weigh
 Recipe per row: float baseline (the shipped `tfq.models.pretrained` weights when present,
 else trained here) -> `tfq.schemes.Multivalued` with a zero interval per layer (fixed
 settings, or `tfq.allocate_bits` for a budget = float bytes / ratio) -> fine-tuning in snap
-mode (pruned weights stay pruned; or `--schedule mpa`: PhaseAdaptation, zero interval
-first; `mpa+tune`: the same in 3/4 of the epochs, then the centers train, zero kept at 0)
+mode (pruned weights stay pruned; `--schedule prune`: the same, but the zero intervals widen
+gradually with `tfq.callbacks.GradualPruning` over the first 2/3 of the epochs; or
+`--schedule mpa`: PhaseAdaptation, zero interval first; `mpa+tune`: the same in 3/4 of the
+epochs, then the centers train, zero kept at 0)
 -> `tfq.coding.compress` (Huffman and ANS).
 
 Run: python benchmarks/compression.py [--models lenet300_100 lenet5] [--limit 10000]
-       [--epochs 4] [--schedule snap|mpa|mpa+tune] [--float-epochs 10] [--ratios 60 100 200]
-       [--json ...] [--png ...]
+       [--epochs 4] [--cosine] [--schedule snap|prune|mpa|mpa+tune] [--float-epochs 10]
+       [--ratios 60 100 200] [--json ...] [--png ...]
 Targets (issue #7): LeNet-5 >= 200x and LeNet-300-100 >= 70x at <= 0.15 pt accuracy drop
 (milestone 60x).
 """
@@ -72,7 +74,7 @@ def float_model(name, train, args):
 
 
 def _scheme(settings, args):
-    mode = "snap" if args.schedule == "snap" else "masked"
+    mode = "snap" if args.schedule in ("snap", "prune") else "masked"
     return tfq.schemes.Multivalued(mode=mode, layers=settings)
 
 
@@ -80,9 +82,16 @@ def evaluate_row(name, label, qmodel, train, test, float_accuracy, args):
     """Fine-tunes `qmodel` (snap: STE with pruned weights held at 0; mpa: PhaseAdaptation,
     zero interval first, over the same epochs), then measures accuracy and both containers."""
     start = time.perf_counter()
-    compile_classifier(qmodel, args.learning_rate)
+    learning_rate = args.learning_rate
+    if args.cosine and args.epochs:
+        steps = args.epochs * -(-len(train[1]) // 128)
+        learning_rate = keras.optimizers.schedules.CosineDecay(args.learning_rate, steps)
+    compile_classifier(qmodel, learning_rate)
     callbacks = []
-    if args.schedule != "snap":
+    if args.schedule == "prune":
+        end = max(1.0, 2.0 * args.epochs / 3.0)
+        callbacks = [tfq.callbacks.GradualPruning(end_epoch=end, frequency=100, verbose=0)]
+    elif args.schedule != "snap":
         levels = max(r.levels for r in tfq.summary(qmodel, print_fn=None))
         tune = args.schedule == "mpa+tune"  # phases in 3/4 of the epochs, then center tuning
         schedule = tfq.callbacks.PhaseAdaptation(
@@ -224,7 +233,10 @@ def main(argv=None):
     parser.add_argument("--test-limit", type=int, default=None, help="test images (all)")
     parser.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs per row")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--schedule", choices=["snap", "mpa", "mpa+tune"], default="snap")
+    parser.add_argument(
+        "--cosine", action="store_true", help="cosine decay of the learning rate to 0"
+    )
+    parser.add_argument("--schedule", choices=["snap", "prune", "mpa", "mpa+tune"], default="snap")
     parser.add_argument("--float-epochs", type=int, default=10)
     parser.add_argument("--train-float", action="store_true", help="ignore shipped baselines")
     parser.add_argument("--ratios", nargs="*", type=float, default=[60.0, 100.0, 200.0])
