@@ -10,6 +10,9 @@ gradually with `tfq.callbacks.GradualPruning` over the first 2/3 of the epochs; 
 `--schedule mpa`: PhaseAdaptation, zero interval first; `mpa+tune`: the same in 3/4 of the
 epochs, then the centers train, zero kept at 0)
 -> `tfq.coding.compress` (Huffman and ANS).
+Peer row (skip with --no-tfmot): tfmot's prune -> sparsity-preserving cluster pipeline on the
+same float start, recipe and epochs (see `tfmot_row`). tfmot has no entropy-coded container,
+so every row also gets gzip and value-entropy sizes by one rule (`plain_sizes`).
 
 Run: python benchmarks/compression.py [--models lenet300_100 lenet5] [--limit 10000]
        [--epochs 4] [--cosine] [--schedule snap|prune|mpa|mpa+tune] [--float-epochs 10]
@@ -19,13 +22,16 @@ Targets (issue #7): LeNet-5 >= 200x and LeNet-300-100 >= 70x at <= 0.15 pt accur
 """
 
 import argparse
+import gzip
 import json
+import math
 import os
 import time
 
 import numpy as np
 
 import tfquant as tfq
+from tfquant._keras import quantized_weights
 from tfquant.models import compile_classifier, datasets
 
 keras = tfq.keras
@@ -73,6 +79,120 @@ def float_model(name, train, args):
     return model, f"trained {args.float_epochs} epochs"
 
 
+def _learning_rate(args, epochs, examples):
+    """Adam's learning rate for `epochs` of fine-tuning: constant, or cosine decay to 0."""
+    if not (args.cosine and epochs):
+        return args.learning_rate
+    steps = epochs * -(-examples // 128)
+    return keras.optimizers.schedules.CosineDecay(args.learning_rate, steps)
+
+
+def plain_sizes(arrays):
+    """Sizes any weight set can be given, ours or a peer's, by the same rule: `gzip` bytes of
+    the float32 weights (level 9; how tfmot's guides measure pruned and clustered models) and
+    `value_entropy` bytes: per kernel n * H(values) / 8 plus 4 bytes per distinct value, and
+    4 bytes per other weight (biases). `arrays`: (array, is_kernel) pairs."""
+    raw = b"".join(np.asarray(a, np.float32).tobytes() for a, _ in arrays)
+    entropy = 0.0
+    for array, is_kernel in arrays:
+        array = np.asarray(array, np.float32).ravel()
+        if not is_kernel:
+            entropy += 4 * array.size
+            continue
+        _, counts = np.unique(array, return_counts=True)
+        p = counts / array.size
+        entropy += array.size * float(-(p * np.log2(p)).sum()) / 8 + 4 * counts.size
+    return len(gzip.compress(raw, 9)), int(math.ceil(entropy))
+
+
+def _our_arrays(qmodel):
+    hard = {
+        id(weight): np.asarray(quantizer.hard_quantize(weight, state))
+        for _, weight, quantizer, state in quantized_weights(qmodel)
+    }
+    return [(hard.get(id(v), v.numpy()), id(v) in hard) for v in qmodel.trainable_weights]
+
+
+def tfmot_row(name, model, settings, train, test, float_accuracy, float_bytes, args):
+    """tfmot's Deep Compression pipeline on the same float start, per-layer levels and
+    sparsity, and epochs: `prune_low_magnitude` (PolynomialDecay from 0 to each layer's
+    sparsity over 2/3 of the epochs, every 100 steps) -> strip -> sparsity-preserving
+    `cluster_weights` (levels clusters, one of them held at 0; k-means++ init) for the rest ->
+    strip. Sizes by `plain_sizes`: tfmot has no entropy-coded container."""
+    import tensorflow_model_optimization as tfmot
+
+    start = time.perf_counter()
+    examples = len(train[1])
+    prune_epochs = max(1, round(2 * args.epochs / 3))
+    cluster_epochs = max(1, args.epochs - prune_epochs)
+    steps = prune_epochs * -(-examples // 128)
+    frequency = min(100, max(1, steps // 10))  # tfmot prunes only at multiples of it
+    end_step = steps // frequency * frequency
+    base = keras.models.clone_model(model)
+    base.set_weights(model.get_weights())
+
+    def prune(layer):
+        if layer.name not in settings:
+            return layer
+        schedule = tfmot.sparsity.keras.PolynomialDecay(
+            0.0, settings[layer.name]["sparsity"], 0, end_step, frequency=frequency
+        )
+        return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+
+    pruned = keras.models.clone_model(base, clone_function=prune)
+    compile_classifier(pruned, _learning_rate(args, prune_epochs, examples))
+    pruned.fit(
+        *train,
+        epochs=prune_epochs,
+        batch_size=128,
+        verbose=0,
+        callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
+    )
+    stripped = tfmot.sparsity.keras.strip_pruning(pruned)
+    init = tfmot.clustering.keras.CentroidInitialization.KMEANS_PLUS_PLUS
+
+    def cluster(layer):
+        if layer.name not in settings:
+            return layer
+        return tfmot.clustering.keras.cluster_weights(
+            layer,
+            number_of_clusters=settings[layer.name]["levels"],  # the zero cluster included
+            cluster_centroids_init=init,
+            preserve_sparsity=True,
+        )
+
+    clustered = keras.models.clone_model(stripped, clone_function=cluster)
+    compile_classifier(clustered, _learning_rate(args, cluster_epochs, examples))
+    clustered.fit(*train, epochs=cluster_epochs, batch_size=128, verbose=0)
+    final = tfmot.clustering.keras.strip_clustering(clustered)
+    accuracy = _accuracy(final, *test)
+    kernels = {id(layer.kernel) for layer in final.layers if layer.name in settings}
+    arrays = [(v.numpy(), id(v) in kernels) for v in final.trainable_weights]
+    zipped, entropy = plain_sizes(arrays)
+    kernel_values = np.concatenate([a.ravel() for a, k in arrays if k])
+    return {
+        "model": name,
+        "recipe": "tfmot prune+cluster",
+        "float_accuracy": float_accuracy,
+        "quantized_accuracy": accuracy,
+        "drop_pt": 100 * (float_accuracy - accuracy),
+        "float_bytes": float_bytes,
+        "gzip_bytes": zipped,
+        "value_entropy_bytes": entropy,
+        "ratio_gzip": float_bytes / zipped,
+        "ratio_value_entropy": float_bytes / entropy,
+        "sparsity": float(np.mean(kernel_values == 0)),
+        "distinct": {
+            layer.name: int(np.unique(layer.kernel.numpy()).size)
+            for layer in final.layers
+            if layer.name in settings
+        },
+        "published": PUBLISHED[name],
+        "target_ratio": TARGETS[name],
+        "seconds": time.perf_counter() - start,
+    }
+
+
 def _scheme(settings, args):
     mode = "snap" if args.schedule in ("snap", "prune") else "masked"
     return tfq.schemes.Multivalued(mode=mode, layers=settings)
@@ -82,10 +202,7 @@ def evaluate_row(name, label, qmodel, train, test, float_accuracy, args):
     """Fine-tunes `qmodel` (snap: STE with pruned weights held at 0; mpa: PhaseAdaptation,
     zero interval first, over the same epochs), then measures accuracy and both containers."""
     start = time.perf_counter()
-    learning_rate = args.learning_rate
-    if args.cosine and args.epochs:
-        steps = args.epochs * -(-len(train[1]) // 128)
-        learning_rate = keras.optimizers.schedules.CosineDecay(args.learning_rate, steps)
+    learning_rate = _learning_rate(args, args.epochs, len(train[1]))
     compile_classifier(qmodel, learning_rate)
     callbacks = []
     if args.schedule == "prune":
@@ -109,6 +226,7 @@ def evaluate_row(name, label, qmodel, train, test, float_accuracy, args):
     weights = sum(int(np.prod(layer.shape)) for layer in layers)
     zeros = sum(layer.sparsity * int(np.prod(layer.shape)) for layer in layers)
     kernel_bytes = sum(layer.nbytes for layer in layers)
+    zipped, value_entropy = plain_sizes(_our_arrays(qmodel))
     return {
         "model": name,
         "recipe": label,
@@ -123,6 +241,10 @@ def evaluate_row(name, label, qmodel, train, test, float_accuracy, args):
         "ratio_huffman": by_huffman.ratio,
         "ratio_entropy": by_ans.float_bytes / by_ans.entropy_bytes,
         "ratio_kernels_ans": by_ans.float_bytes / kernel_bytes,
+        "gzip_bytes": zipped,
+        "value_entropy_bytes": value_entropy,
+        "ratio_gzip": by_ans.float_bytes / zipped,
+        "ratio_value_entropy": by_ans.float_bytes / value_entropy,
         "sparsity": zeros / weights,
         "layers": {
             layer.name: {
@@ -153,6 +275,10 @@ def run_model(name, args):
         )
     )
     float_bytes = rows[0]["float_bytes"]
+    if args.tfmot:
+        rows.append(
+            tfmot_row(name, model, RECIPES[name], train, test, float_accuracy, float_bytes, args)
+        )
     hessian_data = (train[0][: args.hessian_samples], train[1][: args.hessian_samples])
     for ratio in args.ratios:
         budget = int(float_bytes / ratio)
@@ -172,9 +298,15 @@ def run_model(name, args):
 
 
 def print_table(rows):
+    """Our rows: the container ratios (huffman, ans, entropy, kernels); every row, peers too:
+    gzip and value-entropy ratios by the same rule (`plain_sizes`)."""
+
+    def ratio(row, key, width):
+        return f"{row[key]:>{width - 1}.1f}x" if key in row else f"{'-':>{width}}"
+
     header = (
         f"{'model':<14}{'recipe':<22}{'float':>7}{'quant':>7}{'drop pt':>8}{'zeros':>7}"
-        f"{'huffman':>9}{'ans':>8}{'entropy':>9}{'kernels':>9}  published"
+        f"{'huffman':>9}{'ans':>8}{'entropy':>9}{'kernels':>9}{'gzip':>8}{'H(w)':>8}  published"
     )
     print(header)
     print("-" * (len(header) + 40))
@@ -183,8 +315,9 @@ def print_table(rows):
         print(
             f"{r['model']:<14}{r['recipe']:<22}{r['float_accuracy']:>7.2%}"
             f"{r['quantized_accuracy']:>7.2%}{r['drop_pt']:>8.2f}{r['sparsity']:>7.1%}"
-            f"{r['ratio_huffman']:>8.1f}x{r['ratio_ans']:>7.1f}x{r['ratio_entropy']:>8.1f}x"
-            f"{r['ratio_kernels_ans']:>8.1f}x  {published}"
+            f"{ratio(r, 'ratio_huffman', 9)}{ratio(r, 'ratio_ans', 8)}"
+            f"{ratio(r, 'ratio_entropy', 9)}{ratio(r, 'ratio_kernels_ans', 9)}"
+            f"{ratio(r, 'ratio_gzip', 8)}{ratio(r, 'ratio_value_entropy', 8)}  {published}"
         )
 
 
@@ -196,12 +329,26 @@ def pareto_png(rows, path):
     models = sorted({r["model"] for r in rows})
     axes = figure.subplots(1, len(models), squeeze=False)[0]
     for ax, name in zip(axes, models, strict=True):
-        mine = sorted((r for r in rows if r["model"] == name), key=lambda r: r["ratio_ans"])
+        mine = sorted(
+            (r for r in rows if r["model"] == name and "ratio_ans" in r),
+            key=lambda r: r["ratio_ans"],
+        )
         ratios = [r["ratio_ans"] for r in mine]
         drops = [r["drop_pt"] for r in mine]
         ax.plot(ratios, drops, "o-", label="tfquant (ANS container)")
         for r in mine:
             ax.annotate(r["recipe"], (r["ratio_ans"], r["drop_pt"]), fontsize=7)
+        everyone = [r for r in rows if r["model"] == name and "ratio_gzip" in r]
+        ax.plot(
+            [r["ratio_gzip"] for r in everyone],
+            [r["drop_pt"] for r in everyone],
+            "x",
+            color="gray",
+            label="gzip of the weights (every row, tfmot too)",
+        )
+        for r in everyone:
+            if "ratio_ans" not in r:
+                ax.annotate(r["recipe"], (r["ratio_gzip"], r["drop_pt"]), fontsize=7)
         for (label, ratio), style in zip(PUBLISHED[name].items(), (":", "--", "-."), strict=False):
             ax.axvline(ratio, linestyle=style, color="gray")
             ax.text(
@@ -218,7 +365,7 @@ def pareto_png(rows, path):
         ax.set_xscale("log")
         ax.set_yscale("symlog", linthresh=0.5)
         ax.set_ylim(bottom=0)
-        ax.set_xlabel("compression ratio (float32 kernels / container bytes)")
+        ax.set_xlabel("compression ratio (float32 kernel bytes / coded bytes)")
         ax.set_ylabel("accuracy drop (percentage points, symlog)")
         ax.set_title(f"{name} on MNIST (red: issue target)")
         ax.legend(fontsize=7, loc="lower right")
@@ -233,6 +380,9 @@ def main(argv=None):
     parser.add_argument("--test-limit", type=int, default=None, help="test images (all)")
     parser.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs per row")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--no-tfmot", dest="tfmot", action="store_false", help="skip the tfmot peer row"
+    )
     parser.add_argument(
         "--cosine", action="store_true", help="cosine decay of the learning rate to 0"
     )
