@@ -16,6 +16,8 @@ import json
 import os
 import time
 
+import numpy as np
+
 import tfquant as tfq
 from tfquant.models import compile_classifier, datasets, lenet5
 
@@ -45,6 +47,7 @@ def _schedule(method, levels, epochs):
 
 
 def run_dataset(name, args):
+    tfq.keras.utils.set_random_seed(args.seed)  # initialization and fit's shuffling
     (x, y), (x_test, y_test) = datasets.load(name)
     float_model = compile_classifier(lenet5(seed=args.seed), 1e-3)
     start = time.perf_counter()
@@ -113,6 +116,31 @@ def run_dataset(name, args):
     return rows
 
 
+def print_table(rows):
+    """One line per dataset, method and width: accuracy and drop (mean +- std over seeds)."""
+    groups = {}
+    for r in rows:
+        bits = r.get("bits") or f"32 {r['epochs']}ep"
+        groups.setdefault((r["dataset"], r["method"], bits), []).append(r)
+    seeds = max(len(g) for g in groups.values())
+    spread = seeds > 1
+    header = (
+        f"{'dataset':<14}{'method':<10}{'bits':<9}{'accuracy':>9}"
+        + (f"{'std':>8}" if spread else "")
+        + f"{'drop pt':>9}{'distinct':>18}"
+    )
+    print(header if not spread else f"{header}   (mean over {seeds} seeds)")
+    print("-" * len(header))
+    for (dataset, method, bits), group in groups.items():
+        accuracy = np.array([r["accuracy"] for r in group])
+        drop = "" if method == "float" else f"{np.mean([r['drop_pt'] for r in group]):+.2f}"
+        distinct = "/".join(map(str, group[-1].get("distinct_per_layer", [])))
+        std = f"{accuracy.std(ddof=1) if len(group) > 1 else 0.0:>8.4f}" if spread else ""
+        print(
+            f"{dataset:<14}{method:<10}{bits:<9}{accuracy.mean():>9.4f}{std}{drop:>9}{distinct:>18}"
+        )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["mnist", "fashion_mnist"])
@@ -130,24 +158,17 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, help="several seeds: the table gives mean and std"
+    )
     parser.add_argument("--json", default="benchmarks/results/schedules.json")
     args = parser.parse_args(argv)
     rows = []
-    for name in args.datasets:
-        rows += run_dataset(name, args)
-    header = (
-        f"{'dataset':<14}{'method':<10}{'bits':<9}{'accuracy':>9}{'drop pt':>9}{'distinct':>18}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        drop = "" if r["method"] == "float" else f"{r['drop_pt']:+.2f}"
-        distinct = "/".join(map(str, r.get("distinct_per_layer", [])))
-        bits = r.get("bits") or f"32 {r['epochs']}ep"
-        print(
-            f"{r['dataset']:<14}{r['method']:<10}{bits:<9}"
-            f"{r['accuracy']:>9.4f}{drop:>9}{distinct:>18}"
-        )
+    for seed in args.seeds or [args.seed]:
+        for name in args.datasets:
+            for row in run_dataset(name, argparse.Namespace(**{**vars(args), "seed": seed})):
+                rows.append({**row, "seed": seed})
+    print_table(rows)
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     with open(args.json, "w") as stream:
         json.dump({"args": vars(args), "rows": rows}, stream, indent=2)
