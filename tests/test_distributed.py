@@ -46,7 +46,7 @@ def _layers(variables):
     out = {}
     for name, value in variables:
         layer, _, short = name.partition("/")
-        for key in ("centers", "frozen_mask", "interval_done", "schedule_step"):
+        for key in ("centers", "frozen_mask", "interval_done", "schedule_step", "zero_threshold"):
             if short == f"kernel_{key}:0":
                 out.setdefault(layer, {})[key] = value
     return out
@@ -110,8 +110,29 @@ def test_phases_match_one_device_epoch_by_epoch(runs, schedule):
             assert abs(state["frozen"] - other["frozen"]) <= FROZEN_TOLERANCE * state["frozen"]
 
 
+def test_gradual_pruning_under_replicas_and_workers(runs):
+    """GradualPruning (host-side updates of mirrored variables): replicas and workers
+    bit-identical; against one device the same schedule steps and zero fractions within the
+    frozen-count tolerance, since the kernels differ slightly (see the module docstring)."""
+    mirrored = _by_position(runs["mirrored"] / "pruning.npz")
+    workers = [_by_position(folder / "pruning.npz") for folder in runs["workers"]]
+    for index, (name, value) in enumerate(mirrored):
+        np.testing.assert_array_equal(value[0], value[1], err_msg=f"replicas differ: {name}")
+        for worker in workers:
+            np.testing.assert_array_equal(worker[index][1][0], value[0], err_msg=name)
+    single = dict(_by_position(runs["single"] / "pruning.npz"))
+    for layer, state in _layers(mirrored).items():
+        assert state["schedule_step"][0] == 3 * 4, layer  # 3 epochs of 4 batches
+        name = f"{layer.removeprefix('quant_')}/kernel:0"  # the wrapped layer's kernel
+        kernel = dict(mirrored)[name][0]
+        zeros = np.mean(np.abs(kernel) <= state["zero_threshold"][0])
+        one = single[name][0]
+        one_zeros = np.mean(np.abs(one) <= _layers(single.items())[layer]["zero_threshold"][0])
+        assert zeros >= 0.7 - 0.01 and abs(zeros - one_zeros) <= FROZEN_TOLERANCE, layer
+
+
 def test_workers_log_the_same_phases_epoch_by_epoch(runs):
-    for schedule in SCHEDULES:
+    for schedule in (*SCHEDULES, "pruning"):
         logs = [harness.epoch_log(folder / f"{schedule}.jsonl") for folder in runs["workers"]]
         assert [line["state"] for line in logs[0]] == [line["state"] for line in logs[1]]
         assert len(logs[0]) >= 2

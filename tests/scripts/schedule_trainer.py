@@ -28,7 +28,7 @@ import signal
 import sys
 import time
 
-SCHEDULES = ("phase", "contraction", "rounds", "layers")
+SCHEDULES = ("phase", "contraction", "rounds", "layers", "pruning")
 SAMPLES, BATCH = 256, 64  # 4 batches per epoch
 
 
@@ -86,6 +86,8 @@ def make_schedule(name):
         return tfq.callbacks.IntervalContraction(epochs=2)
     if name == "rounds":
         return tfq.callbacks.PartitionRounds(epochs_per_round=1, recluster=True)
+    if name == "pruning":  # snap mode with a zero interval; updates every 3 of 4 batches
+        return tfq.callbacks.GradualPruning(end_epoch=2, frequency=3)
     return tfq.callbacks.IncrementalLayers(epochs_per_layer=1)
 
 
@@ -102,6 +104,8 @@ def schedule_state(model):
             "schedule_step": float(variables["schedule_step"].numpy()),
             "frozen": int(variables["frozen_mask"].numpy().sum()),
         }
+        if "zero_threshold" in variables:
+            state[wrapper.name]["zero_threshold"] = float(variables["zero_threshold"].numpy())
     return state
 
 
@@ -166,13 +170,17 @@ def train(name, x, y):
     start = time.perf_counter()
     with strategy.scope():
         model = digits_cnn(seed=0)  # seeds Python, NumPy and TensorFlow
-        qmodel = tfq.quantize_model(model, tfq.schemes.Multivalued(bits=2, mode="masked"))
+        if name == "pruning":
+            scheme = tfq.schemes.Multivalued(levels=5, sparsity=0.7)
+        else:
+            scheme = tfq.schemes.Multivalued(bits=2, mode="masked")
+        qmodel = tfq.quantize_model(model, scheme)
         qmodel.compile(
             keras.optimizers.SGD(0.05, momentum=0.9),
             keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
     schedule = make_schedule(name)
-    epochs = schedule.epochs_needed(qmodel)
+    epochs = 3 if name == "pruning" else schedule.epochs_needed(qmodel)
     callbacks = []
     if args.backup:
         folder = os.path.join(args.out, f"backup-{name}")

@@ -147,6 +147,7 @@ class GradualPruning(keras.callbacks.Callback):
         self._layers = None
         self._after_step = AfterStep(self.fused)
         self._step = None
+        self._span = (0, 1)
 
     def get_config(self):
         return {
@@ -171,9 +172,9 @@ class GradualPruning(keras.callbacks.Callback):
         return begin, max(begin + 1, int(round(self.end_epoch * per_epoch)))
 
     def sparsity_at(self, layer, step):
-        """The sparsity `layer` is pruned to at batch `step` (needs `fit`'s batches/epoch)."""
+        """The sparsity `layer` is pruned to at batch `step` (during `fit`)."""
         target = float(layer.quantizer.sparsity)
-        begin, end = self._bounds()
+        begin, end = self._span
         initial = min(self.initial_sparsity, target)
         return pruning_sparsity(step, target, initial, begin, end, self.power)
 
@@ -232,7 +233,7 @@ class GradualPruning(keras.callbacks.Callback):
     # --- Keras hooks --------------------------------------------------------------------
     def on_train_begin(self, logs=None):
         self._layers = prunable_layers(self.model, "GradualPruning")
-        self._bounds()  # fails now, not mid-epoch, when fit does not know the batches per epoch
+        self._span = self._bounds()  # fails now, not mid-epoch, without the batches per epoch
         self._after_step.install(self.model, self._count, ())
 
     def on_train_end(self, logs=None):
@@ -248,8 +249,7 @@ class GradualPruning(keras.callbacks.Callback):
         if not self._after_step.active:
             self._after_step.run(logs)
         self._step += 1
-        _, end = self._bounds()
-        if self._step % self.frequency == 0 or self._step == end:
+        if self._step % self.frequency == 0 or self._step == self._span[1]:
             self._update(self._step, f"at batch {self._step}")
 
     def on_epoch_end(self, epoch, logs=None):
