@@ -271,8 +271,8 @@ def test_clear_errors(float_model, multivalued, fresh_models):
     with pytest.raises(CompressedFormatError, match="bad magic"):
         tfq.coding.decompress(b"PK" + data[2:], target)
     newer = bytearray(data)
-    newer[8:10] = struct.pack("<H", 3)
-    with pytest.raises(CompressedFormatError, match="version 3 is not supported"):
+    newer[8:10] = struct.pack("<H", 4)
+    with pytest.raises(CompressedFormatError, match="version 4 is not supported"):
         tfq.coding.decompress(bytes(newer), target)
     with pytest.raises(CompressedFormatError, match="not the same architecture"):
         tfq.coding.decompress(data, fresh_models["ternary"])

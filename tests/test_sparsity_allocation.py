@@ -181,7 +181,7 @@ def test_dead_rows_and_columns_are_coded_as_flags(float_model, digits):
     fc1 = next(layer for layer in blob.layers if layer.name == "fc1/kernel")
     assert fc1.coder == "ans-masked" and fc1.coded_bits < fc1.entropy_bits  # below i.i.d. bound
     data = blob.to_bytes()
-    assert struct.unpack_from("<H", data, 8) == (2,)
+    assert struct.unpack_from("<H", data, 8) == (3,)
     target = tfq.quantize_model(digits_cnn(seed=7), scheme)
     tfq.coding.decompress(data, target)
     x = digits[1][0]
@@ -202,15 +202,49 @@ def test_masked_decoder_rejects_garbage_cleanly(data, rows, columns):
     assert decoded.shape == (rows * columns,)
 
 
-def test_version_1_containers_still_read(sparse_model, digits):
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_containers_still_read(sparse_model, digits, version):
     scheme, qmodel, _ = sparse_model
-    blob = tfq.coding.compress(qmodel, coder="huffman")  # no masked record: valid as version 1
+    # Huffman and float32 biases: no masked record, no float16 one, valid as version 1 and 2.
+    blob = tfq.coding.compress(qmodel, coder="huffman")
     data = blob.to_bytes()
-    old = data[:8] + struct.pack("<H", 1) + data[10:]
+    old = data[:8] + struct.pack("<H", version) + data[10:]
     target = tfq.quantize_model(digits_cnn(seed=7), scheme)
     tfq.coding.decompress(old, target)
     x = digits[1][0]
     np.testing.assert_array_equal(target(x).numpy(), qmodel(x).numpy())
+
+
+def test_float16_biases_take_two_bytes_and_restore_exactly(sparse_model, digits):
+    scheme, trained, _ = sparse_model
+    qmodel = tfq.quantize_model(digits_cnn(seed=7), scheme)
+    qmodel.set_weights(trained.get_weights())  # a copy: the fixture stays as it was
+    before = tfq.coding.compress(qmodel)
+    biases = [v for v in qmodel.trainable_weights if "bias" in v.name]
+    assert biases and not any(_float16_exact(v.numpy()) for v in biases)
+    change = tfq.coding.round_to_float16(qmodel)
+    assert 0 < change < 1e-3
+    assert all(_float16_exact(v.numpy()) for v in biases)
+    assert tfq.coding.round_to_float16(qmodel) == 0.0  # idempotent
+    after = tfq.coding.compress(qmodel)
+    saved = before.nbytes - after.nbytes
+    raw_bias_elements = sum(v.shape.num_elements() for v in biases)
+    assert 0 < saved <= 2 * raw_bias_elements
+    target = tfq.quantize_model(digits_cnn(seed=3), scheme)
+    tfq.coding.decompress(after.to_bytes(), target)
+    kernels = {id(w) for _, w, _, _ in quantized_weights(qmodel)}
+    for a, b in zip(qmodel.weights, target.weights, strict=True):
+        if id(a) not in kernels:  # the biases float32 again, bit for bit
+            assert b.dtype == a.dtype
+            np.testing.assert_array_equal(np.asarray(a.numpy()), np.asarray(b.numpy()), a.name)
+    for name, values in _hard(qmodel).items():
+        np.testing.assert_array_equal(values, _hard(target)[name])
+    x = digits[1][0]
+    np.testing.assert_array_equal(target(x).numpy(), qmodel(x).numpy())
+
+
+def _float16_exact(values):
+    return np.array_equal(values.astype(np.float16).astype(np.float32), values)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 
 `divide` / `ecsq` / `hessian_diagonal` place codebook centers; `huffman` and `ans` code the
 codebook indices; `compress` / `decompress` store a quantized model with its codebooks and
-coded indices; `report` gives bits per weight of the entropy bound, Huffman and ANS per layer.
+coded indices (`round_to_float16` first makes the biases storable in 2 bytes); `report`
+gives bits per weight of the entropy bound, Huffman and ANS per layer.
 """
 
 from tfquant.coding import ans, huffman
@@ -12,6 +13,7 @@ from tfquant.coding.container import (
     LayerStats,
     compress,
     decompress,
+    round_to_float16,
 )
 from tfquant.coding.division import divide, ecsq
 from tfquant.coding.entropy import entropy_bits
@@ -33,5 +35,6 @@ __all__ = [
     "LayerCoding",
     "compress",
     "decompress",
+    "round_to_float16",
     "report",
 ]
