@@ -10,6 +10,7 @@ mode (pruned weights stay pruned; `--schedule prune`: the same, but the zero int
 gradually with `tfq.callbacks.GradualPruning` over the first 2/3 of the epochs; or
 `--schedule mpa`: PhaseAdaptation, zero interval first; `mpa+tune`: the same in 3/4 of the
 epochs, then the centers train, zero kept at 0)
+-> `tfq.coding.round_to_float16` (biases in 2 bytes; --no-float16 keeps float32) -> accuracy
 -> `tfq.coding.compress` (Huffman and ANS).
 Peer row (skip with --no-tfmot): tfmot's prune -> sparsity-preserving cluster pipeline on the
 same float start, recipe and epochs (see `tfmot_row`). tfmot has no entropy-coded container,
@@ -238,6 +239,8 @@ def evaluate_row(name, label, qmodel, train, test, float_accuracy, args):
         callbacks = [schedule]
     if args.epochs:
         qmodel.fit(*train, epochs=args.epochs, batch_size=128, verbose=0, callbacks=callbacks)
+    if args.float16:
+        tfq.coding.round_to_float16(qmodel)  # before measuring: the accuracy is of what is stored
     accuracy = _accuracy(qmodel, *test)
     by_ans = tfq.coding.compress(qmodel, coder="ans")
     by_huffman = tfq.coding.compress(qmodel, coder="huffman")
@@ -288,6 +291,10 @@ def run_model(name, args):
     model, origin = float_model(name, train, args)
     float_accuracy = _accuracy(model, *test)
     print(f"{name}: float baseline {origin}, test accuracy {float_accuracy:.4f}")
+    if args.float16:  # so that allocate_bits counts 2-byte biases (accuracy measured before)
+        for variable in model.trainable_weights:
+            if "bias" in variable.name:
+                variable.assign(variable.numpy().astype(np.float16).astype(np.float32))
     rows = []
     scheme = _scheme(RECIPES[name], args)
     rows.append(
@@ -402,6 +409,12 @@ def main(argv=None):
     parser.add_argument("--test-limit", type=int, default=None, help="test images (all)")
     parser.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs per row")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--no-float16",
+        dest="float16",
+        action="store_false",
+        help="keep float32 biases (default: tfq.coding.round_to_float16 after fine-tuning)",
+    )
     parser.add_argument(
         "--no-tfmot", dest="tfmot", action="store_false", help="skip the tfmot peer row"
     )
