@@ -78,3 +78,36 @@ def weights_equal(a, b):
     """Same weights layer by layer, matched by name (creation order may differ on reload)."""
     first, second = _named_weights(a), _named_weights(b)
     return first.keys() == second.keys() and all(np.array_equal(first[k], second[k]) for k in first)
+
+
+class Interrupted(Exception):
+    """Raised by `fit_with_backup` where it stops training."""
+
+
+class _InterruptAt(keras.callbacks.Callback):
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.at, self.epoch = (epoch, batch), None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            raise Interrupted()
+
+
+def fit_with_backup(qmodel, x, y, schedule, backup=None, interrupt_at=None, **fit_kwargs):
+    """`qmodel.fit` with `schedule`, a BackupAndRestore into `backup` (if given) and, with
+    `interrupt_at=(epoch, batch)`, a crash after that batch. Returns the model, or None when
+    it was interrupted (a later call with the same `backup` resumes)."""
+    callbacks = [schedule]
+    if backup:
+        callbacks.append(keras.callbacks.BackupAndRestore(str(backup)))
+    if interrupt_at is not None:
+        callbacks.append(_InterruptAt(*interrupt_at))
+    try:
+        qmodel.fit(x, y, shuffle=False, verbose=0, callbacks=callbacks, **fit_kwargs)
+    except Interrupted:
+        return None
+    return qmodel

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tfquant as tfq
-from tests.conftest import compile_model
+from tests.conftest import compile_model, fit_with_backup
 from tfquant._keras import quantized_weights, tf
 from tfquant.callbacks.pruning import pruning_sparsity
 
@@ -101,17 +101,11 @@ def test_resume_mid_pruning_is_identical(float_model, digits, tmp_path):
 
     def run(interrupt_at=None, backup=None):
         keras.utils.set_random_seed(3)
-        qmodel = _pruned_model(float_model, 0.8)
-        callbacks = [tfq.callbacks.GradualPruning(end_epoch=3, frequency=2, verbose=0)]
-        if backup:
-            callbacks.append(keras.callbacks.BackupAndRestore(str(backup)))
-        if interrupt_at is not None:
-            callbacks.append(_Interrupt(*interrupt_at))
-        try:
-            qmodel.fit(x, y, epochs=4, batch_size=64, shuffle=False, verbose=0, callbacks=callbacks)
-        except _Stop:
-            return None
-        return qmodel
+        schedule = tfq.callbacks.GradualPruning(end_epoch=3, frequency=2, verbose=0)
+        return fit_with_backup(
+            _pruned_model(float_model, 0.8), x, y, schedule, backup, interrupt_at,
+            epochs=4, batch_size=64,
+        )  # fmt: skip
 
     reference = run()
     assert run(interrupt_at=(1, 1), backup=tmp_path / "backup") is None  # mid pruning
@@ -120,23 +114,6 @@ def test_resume_mid_pruning_is_identical(float_model, digits, tmp_path):
         np.testing.assert_array_equal(k1.numpy(), k2.numpy())
         for key in ("centers", "zero_threshold", "schedule_step"):
             np.testing.assert_array_equal(s1[key].numpy(), s2[key].numpy())
-
-
-class _Stop(Exception):
-    pass
-
-
-class _Interrupt(keras.callbacks.Callback):
-    def __init__(self, epoch, batch):
-        super().__init__()
-        self.at, self.epoch = (epoch, batch), None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if (self.epoch, batch) == self.at:
-            raise _Stop()
 
 
 def test_nan_kernel_keeps_its_interval(float_model, capsys):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tfquant as tfq
-from tests.conftest import compile_model
+from tests.conftest import compile_model, fit_with_backup
 from tfquant._keras import quantized_weights, tf
 
 keras = tfq.keras
@@ -131,17 +131,11 @@ def test_resume_mid_phase_is_identical(float_model, digits, tmp_path, determinis
 
     def run(interrupt_at=None, backup=None):
         keras.utils.set_random_seed(7)
-        qmodel = _scheduled(float_model, bits=2)
-        callbacks = [tfq.callbacks.PhaseAdaptation(epochs_per_phase=2, verbose=0)]
-        if backup:
-            callbacks.append(keras.callbacks.BackupAndRestore(str(backup)))
-        if interrupt_at is not None:
-            callbacks.append(_Interrupt(*interrupt_at))
-        try:
-            qmodel.fit(x, y, epochs=8, batch_size=64, shuffle=False, verbose=0, callbacks=callbacks)
-        except _Stop:
-            return None
-        return qmodel
+        schedule = tfq.callbacks.PhaseAdaptation(epochs_per_phase=2, verbose=0)
+        return fit_with_backup(
+            _scheduled(float_model, bits=2), x, y, schedule, backup, interrupt_at,
+            epochs=8, batch_size=64,
+        )  # fmt: skip
 
     reference = run()
     assert run(interrupt_at=(3, 1), backup=tmp_path / "backup") is None  # mid phase 2
@@ -150,24 +144,6 @@ def test_resume_mid_phase_is_identical(float_model, digits, tmp_path, determinis
         np.testing.assert_array_equal(k1.numpy(), k2.numpy())
         for key in ("centers", "frozen_mask", "interval_done", "schedule_step"):
             np.testing.assert_array_equal(s1[key].numpy(), s2[key].numpy())
-
-
-class _Stop(Exception):
-    pass
-
-
-class _Interrupt(keras.callbacks.Callback):
-    def __init__(self, epoch, batch):
-        super().__init__()
-        self.at = (epoch, batch)
-        self.epoch = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if (self.epoch, batch) == self.at:
-            raise _Stop()
 
 
 def test_nan_loss_does_not_advance(float_model, capsys):
