@@ -93,6 +93,8 @@ _BUILDERS = {
     # The small CIFAR-10-subset net: LeNet-5 on 32x32x3, trained here (no shipped baseline).
     "lenet5_cifar10": lambda seed: tfq.models.lenet5(input_shape=(32, 32, 3), seed=seed),
 }
+#: The shipped float baselines (`tfq.models.pretrained`); the others are trained here.
+_PRETRAINED = {"lenet300_100": "lenet300_100_mnist", "lenet5": "lenet5_mnist"}
 #: Dataset and (train, test) image limits of each net; None = all, or --limit / --test-limit.
 _DATA = {
     "lenet300_100": ("mnist", None),
@@ -107,9 +109,9 @@ def _accuracy(model, x, y):
 
 def float_model(name, train, args):
     """The shipped baseline if there is one (and --float-epochs was not forced), else trained."""
-    if not args.train_float:
+    if not args.train_float and name in _PRETRAINED:
         try:
-            return tfq.models.pretrained(f"{name}_{_DATA[name][0]}"), "pretrained"
+            return tfq.models.pretrained(_PRETRAINED[name]), "pretrained"
         except (AttributeError, FileNotFoundError, ValueError) as error:
             print(f"{name}: no shipped baseline ({error}); training {args.float_epochs} epochs")
     model = compile_classifier(_BUILDERS[name](seed=0), 1e-3)

@@ -5,8 +5,9 @@ start) and with n_init=10 (its default before 1.4; several starts are how Lloyd 
 optimum the DP finds).
 
 Run: python benchmarks/division.py [--n 1000000] [--levels 8 16] [--json ...]
-Target (issue #4): >= 5x faster than sklearn KMeans on 1M weights. Measured 0.9x / 2.6x at
-8 / 16 levels against the default; the target is not met (see the README for what was tried).
+Target (issue #4): >= 5x faster than sklearn KMeans on 1M weights. Measured 0.9-2.6x against
+the default over runs, about 10x against n_init=10: the target is not met (the README says
+what was tried).
 """
 
 import argparse
