@@ -370,8 +370,8 @@ def pareto_png(rows, path):
     """Size-accuracy plot: ANS ratio vs accuracy drop per model, published ratios as lines."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(9, 4))
     models = sorted({r["model"] for r in rows})
+    figure = Figure(figsize=(5.5 * len(models), 4.5))
     axes = figure.subplots(1, len(models), squeeze=False)[0]
     for ax, name in zip(axes, models, strict=True):
         mine = sorted(
@@ -407,14 +407,15 @@ def pareto_png(rows, path):
             )
         if TARGETS[name]:
             ax.axvline(TARGETS[name], color="tab:red", linewidth=0.8)
-        ax.axhline(0.15, color="tab:red", linewidth=0.8)
+            ax.axhline(0.15, color="tab:red", linewidth=0.8)
         ax.set_xscale("log")
-        ax.set_yscale("symlog", linthresh=0.5)
-        ax.set_ylim(bottom=0)
-        ax.set_xlabel("compression ratio (float32 kernel bytes / coded bytes)")
-        ax.set_ylabel("accuracy drop (percentage points, symlog)")
-        ax.set_title(f"{name} on MNIST (red: issue target)")
-        ax.legend(fontsize=7, loc="lower right")
+        every_drop = [r["drop_pt"] for r in rows if r["model"] == name]
+        ax.set_ylim(min([0.0, *every_drop]) - 0.1, max([0.3, *every_drop]) * 1.1)
+        ax.set_xlabel("float32 kernel bytes / coded bytes", fontsize=8)
+        ax.set_ylabel("accuracy drop (percentage points)", fontsize=8)
+        target = " (red: issue target)" if TARGETS[name] else ""
+        ax.set_title(f"{name} on {_DATA[name][0]}{target}", fontsize=9)
+        ax.legend(fontsize=7, loc="best")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
