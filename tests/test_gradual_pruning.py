@@ -134,6 +134,19 @@ def test_nan_kernel_keeps_its_interval(float_model, capsys):
     pruning.on_train_end()
 
 
+def test_ending_before_end_epoch_says_so_and_resumes(float_model, digits, capsys):
+    x, y = _subset(digits, 128)  # 4 batches of 32
+    qmodel = _pruned_model(float_model, 0.8)
+    pruning = tfq.callbacks.GradualPruning(end_epoch=2, frequency=2)
+    qmodel.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[pruning])
+    assert "before end_epoch (batch 8)" in capsys.readouterr().out
+    qmodel.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[pruning])
+    assert "before end_epoch" not in capsys.readouterr().out
+    for kernel, _, state in _states(qmodel):
+        assert state["schedule_step"].numpy() == 8
+        assert np.mean(np.abs(kernel.numpy()) <= state["zero_threshold"].numpy()) >= 0.79
+
+
 def test_masked_model_is_refused_before_training(float_model, digits):
     x, y = _subset(digits, 64)
     scheme = tfq.schemes.Multivalued(levels=5, sparsity=0.5, mode="masked")

@@ -238,6 +238,18 @@ class GradualPruning(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._after_step.uninstall(self.model)
+        if self._step is not None and self._step < self._span[1]:
+            shares = ", ".join(
+                f"{layer.name} {self.sparsity_at(layer, self._step):.1%}"
+                f"/{layer.quantizer.sparsity:.0%}"
+                for layer in self._layers
+            )
+            say(
+                f"GradualPruning: training ended at batch {self._step}, before end_epoch "
+                f"(batch {self._span[1]}): the layers are pruned to {shares} (now/target). "
+                "Call fit again to go on (the schedule resumes), or lower end_epoch.",
+                self.verbose,
+            )
 
     def on_epoch_begin(self, epoch, logs=None):
         # After every on_train_begin: BackupAndRestore has put the saved state back by now.
