@@ -86,7 +86,8 @@ class GradualPruning(keras.callbacks.Callback):
 
     State: each quantizer's `schedule_step` (batches run), `zero_threshold` and `centers`, so
     a checkpoint or `keras.callbacks.BackupAndRestore` resumes on the same schedule. Calling
-    `fit` again continues it; `tfq.quantize_model` starts a fresh one.
+    `fit` again continues it (a `fit` that ends before `end_epoch` says how far each layer
+    got); `tfq.quantize_model` starts a fresh one.
 
     Cost: the per-batch count runs inside Keras' train step; each update reads the kernels
     to the host for the quantile (a few ms on LeNet-5) and re-divides the centers while t
