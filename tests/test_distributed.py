@@ -121,13 +121,14 @@ def test_gradual_pruning_under_replicas_and_workers(runs):
         for worker in workers:
             np.testing.assert_array_equal(worker[index][1][0], value[0], err_msg=name)
     single = dict(_by_position(runs["single"] / "pruning.npz"))
+    single_state = _layers(single.items())
     for layer, state in _layers(mirrored).items():
         assert state["schedule_step"][0] == 3 * 4, layer  # 3 epochs of 4 batches
         name = f"{layer.removeprefix('quant_')}/kernel:0"  # the wrapped layer's kernel
         kernel = dict(mirrored)[name][0]
         zeros = np.mean(np.abs(kernel) <= state["zero_threshold"][0])
         one = single[name][0]
-        one_zeros = np.mean(np.abs(one) <= _layers(single.items())[layer]["zero_threshold"][0])
+        one_zeros = np.mean(np.abs(one) <= single_state[layer]["zero_threshold"][0])
         assert zeros >= 0.7 - 0.01 and abs(zeros - one_zeros) <= FROZEN_TOLERANCE, layer
 
 

@@ -39,6 +39,24 @@ class ScheduledLayer:
         return self.quantizer.levels
 
 
+def multivalued_layers(model, keep):
+    """The model's multivalued quantizers that `keep(quantizer)` selects, in layer order, as
+    `ScheduledLayer`s, and `(wrapper name, quantizer)` of every other quantized weight (for
+    the error message of a schedule that found none).
+
+    Raises:
+      TypeError: not a tf_keras model (e.g. a Keras 3 one).
+    """
+    check_keras2_model(model)
+    layers, others = [], []
+    for wrapper, weight, quantizer, state in quantized_weights(model):
+        if isinstance(quantizer, MultivaluedQuantizer) and keep(quantizer):
+            layers.append(ScheduledLayer(wrapper.name, weight, quantizer, state))
+        else:
+            others.append((wrapper.name, quantizer))
+    return layers, others
+
+
 def masked_multivalued_layers(model, schedule):
     """The model's multivalued quantizers in `masked` mode, in layer order.
 
@@ -46,15 +64,9 @@ def masked_multivalued_layers(model, schedule):
       TypeError: not a tf_keras model (e.g. a Keras 3 one).
       ValueError: the model has none (with the fix in the message).
     """
-    check_keras2_model(model)
-    layers, snapping = [], []
-    for wrapper, weight, quantizer, state in quantized_weights(model):
-        if isinstance(quantizer, MultivaluedQuantizer):
-            if quantizer.mode is Mode.MASKED:
-                layers.append(ScheduledLayer(wrapper.name, weight, quantizer, state))
-            else:
-                snapping.append(wrapper.name)
+    layers, others = multivalued_layers(model, lambda q: q.mode is Mode.MASKED)
     if not layers:
+        snapping = [name for name, q in others if isinstance(q, MultivaluedQuantizer)]
         hint = (
             f" Its multivalued layers {snapping} snap every weight already: quantize with "
             "tfq.schemes.Multivalued(..., mode='masked') for a schedule."

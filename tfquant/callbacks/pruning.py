@@ -8,16 +8,12 @@ the network trains. `GradualPruning` drives each layer's zero interval that way.
 
 import numpy as np
 
-from tfquant._keras import check_keras2_model, keras, quantized_weights
-from tfquant.callbacks.base import AfterStep, ScheduledLayer, batches_per_epoch, say
+from tfquant._keras import keras
+from tfquant.callbacks.base import AfterStep, batches_per_epoch, multivalued_layers, say
 from tfquant.callbacks.base import check_steps_per_epoch as _check_steps_per_epoch
 from tfquant.options import Division, Mode
 from tfquant.quantizers.base import check_bool, check_float, check_int
-from tfquant.quantizers.multivalued import (
-    MultivaluedQuantizer,
-    sparse_centers,
-    zero_interval_bounds,
-)
+from tfquant.quantizers.multivalued import sparse_centers, zero_interval_bounds
 
 
 def pruning_sparsity(step, target, initial, begin, end, power):
@@ -44,24 +40,14 @@ def prunable_layers(model, schedule):
       TypeError: not a tf_keras model.
       ValueError: the model has none (the message says how to get them).
     """
-    check_keras2_model(model)
-    layers, other = [], []
-    for wrapper, weight, quantizer, state in quantized_weights(model):
-        if (
-            isinstance(quantizer, MultivaluedQuantizer)
-            and quantizer.sparsity > 0
-            and quantizer.mode is Mode.SNAP
-        ):
-            layers.append(ScheduledLayer(wrapper.name, weight, quantizer, state))
-        else:
-            other.append(wrapper.name)
+    layers, others = multivalued_layers(model, lambda q: q.sparsity > 0 and q.mode is Mode.SNAP)
     if not layers:
         raise ValueError(
             f"{schedule} needs a model with tfquant multivalued quantizers in 'snap' mode with "
             "sparsity > 0 (the zero interval it widens): quantize with e.g. "
             "tfq.schemes.Multivalued(bits=3, sparsity=0.9). In 'masked' mode "
             "tfq.callbacks.PhaseAdaptation quantizes the zero interval instead. "
-            f"Received: model {model.name!r} with quantized layers {other}"
+            f"Received: model {model.name!r} with quantized layers {[n for n, _ in others]}"
         )
     return layers
 
@@ -207,6 +193,7 @@ class GradualPruning(keras.callbacks.Callback):
             new = np.float32(np.partition(magnitude.ravel(), count - 1)[count - 1]) if count else 0
             threshold = max(old, np.float32(new))
             pruned = magnitude <= threshold
+            share = float(np.mean(pruned))
             before = kernel  # the division sees the new threshold as the largest pruned |w|
             if threshold > old or not np.all(kernel[pruned] == 0):
                 kernel = np.where(pruned, np.float32(0), kernel).astype(kernel.dtype)
@@ -215,7 +202,6 @@ class GradualPruning(keras.callbacks.Callback):
                 division = quantizer.division
                 if division is Division.HESSIAN_KMEANS:
                     division = Division.KMEANS
-                share = float(np.mean(pruned))
                 centers, _ = sparse_centers(
                     before, quantizer.levels, share, division, None, quantizer.entropy_weight
                 )
@@ -225,7 +211,7 @@ class GradualPruning(keras.callbacks.Callback):
                 state["interval_bounds"].assign(bounds)
             if self.verbose > 1:
                 say(
-                    f"GradualPruning: batch {step}: {layer.name} {np.mean(pruned):.1%} zeros "
+                    f"GradualPruning: batch {step}: {layer.name} {share:.1%} zeros "
                     f"(schedule {sparsity:.1%}, target {quantizer.sparsity:.1%}), "
                     f"t={threshold:.3g}",
                     self.verbose,
@@ -268,9 +254,11 @@ class GradualPruning(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         out = {}
         for layer in self._layers:
-            zeros = float(np.mean(np.abs(layer.kernel.numpy()) <= layer.state["zero_threshold"]))
-            out[f"{layer.name}/sparsity"] = zeros
-            out[f"{layer.name}/zero_threshold"] = float(layer.state["zero_threshold"].numpy())
+            threshold = float(layer.state["zero_threshold"].numpy())
+            out[f"{layer.name}/sparsity"] = float(
+                np.mean(np.abs(layer.kernel.numpy()) <= threshold)
+            )
+            out[f"{layer.name}/zero_threshold"] = threshold
         if logs is not None:
             logs.update(out)
         if self.verbose:

@@ -398,8 +398,7 @@ def round_to_float16(model):
             continue
         values = variable.numpy()
         rounded = values.astype(np.float16).astype(np.float32)
-        keep = ~np.isfinite(rounded) | ~np.isfinite(values)
-        rounded = np.where(keep, values, rounded).astype(np.float32)
+        rounded = np.where(np.isfinite(rounded), rounded, values)  # beyond float16: unchanged
         if not np.array_equal(rounded.view(np.uint32), values.view(np.uint32)):
             largest = max(largest, float(np.max(np.abs(rounded - values))))
             variable.assign(rounded)
