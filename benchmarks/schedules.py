@@ -8,7 +8,10 @@ quantized row gets: the reference for "drop"); for each bit width and for ternar
 naive (every weight snapped to its k-means center from the start, then fine-tuned), MVQ
 (IntervalContraction over all epochs), SLQ (PartitionRounds, zero cluster first), MLQ
 (IncrementalLayers, ternary only), MPA (PhaseAdaptation with epochs_per_phase = epochs / levels)
-and MPA+tune (the phases in 3/4 of the epochs, then `tune_centers`: the shared values train).
+MPA+tune (the phases in 3/4 of the epochs, then finish="tune_centers": the shared values
+train) and MPA+STE (the phases in half the epochs, then finish="straight_through": the weights
+fine-tune between fixed centers with straight-through gradients, as naive does). Every row
+starts from the same seed, so rows see the same shuffling order.
 """
 
 import argparse
@@ -32,7 +35,11 @@ def _schedule(method, levels, epochs):
         return tfq.callbacks.PhaseAdaptation(epochs_per_phase=epochs / levels, verbose=0)
     if method == "MPA+tune":  # phases in 3/4 of the epochs, center tuning in the rest
         return tfq.callbacks.PhaseAdaptation(
-            epochs_per_phase=0.75 * epochs / levels, tune_centers=True, verbose=0
+            epochs_per_phase=0.75 * epochs / levels, finish="tune_centers", verbose=0
+        )
+    if method == "MPA+STE":  # phases in half the epochs, straight-through fine-tuning after
+        return tfq.callbacks.PhaseAdaptation(
+            epochs_per_phase=0.5 * epochs / levels, finish="straight_through", verbose=0
         )
     if method == "MVQ":
         return tfq.callbacks.IntervalContraction(epochs=epochs, verbose=0)
@@ -85,6 +92,7 @@ def run_dataset(name, args):
     for levels, label in widths:
         for method in [m for m in args.methods if m != "MLQ" or levels == 3]:
             start = time.perf_counter()
+            tfq.keras.utils.set_random_seed(args.seed)  # the same shuffling order in every row
             mode = "snap" if method == "naive" else "masked"
             scheme = tfq.schemes.Multivalued(levels=levels, mode=mode)
             qmodel = compile_classifier(tfq.quantize_model(float_model, scheme), args.learning_rate)
@@ -150,8 +158,8 @@ def main(argv=None):
     parser.add_argument(
         "--methods",
         nargs="*",
-        default=["naive", "MVQ", "SLQ", "MLQ", "MPA", "MPA+tune"],
-        help="rows per width: naive MVQ SLQ MLQ MPA MPA+tune (MLQ runs for ternary only)",
+        default=["naive", "MVQ", "SLQ", "MLQ", "MPA", "MPA+tune", "MPA+STE"],
+        help="rows per width: naive MVQ SLQ MLQ MPA MPA+tune MPA+STE (MLQ: ternary only)",
     )
     parser.add_argument("--epochs", type=int, default=8, help="quantization epochs per row")
     parser.add_argument("--float-epochs", type=int, default=8)

@@ -126,19 +126,27 @@ def deterministic_ops():
     tf.config.experimental.enable_op_determinism()
 
 
-def test_resume_mid_phase_is_identical(float_model, digits, tmp_path, deterministic_ops):
+@pytest.mark.parametrize(
+    "finish, epochs, interrupt_at",
+    [("hold", 8, (3, 1)), ("straight_through", 6, (5, 1))],  # mid phase 2; mid finish
+)
+def test_resume_mid_phase_is_identical(
+    float_model, digits, tmp_path, deterministic_ops, finish, epochs, interrupt_at
+):
     x, y = _subset(digits, 192)
 
     def run(interrupt_at=None, backup=None):
         keras.utils.set_random_seed(7)
-        schedule = tfq.callbacks.PhaseAdaptation(epochs_per_phase=2, verbose=0)
+        schedule = tfq.callbacks.PhaseAdaptation(
+            epochs_per_phase=1 if finish != "hold" else 2, finish=finish, verbose=0
+        )
         return fit_with_backup(
             _scheduled(float_model, bits=2), x, y, schedule, backup, interrupt_at,
-            epochs=8, batch_size=64,
+            epochs=epochs, batch_size=64,
         )  # fmt: skip
 
     reference = run()
-    assert run(interrupt_at=(3, 1), backup=tmp_path / "backup") is None  # mid phase 2
+    assert run(interrupt_at=interrupt_at, backup=tmp_path / "backup") is None
     resumed = run(backup=tmp_path / "backup")
     for (k1, s1), (k2, s2) in zip(_states(reference), _states(resumed), strict=True):
         np.testing.assert_array_equal(k1.numpy(), k2.numpy())
@@ -168,6 +176,8 @@ def test_nan_loss_does_not_advance(float_model, capsys):
         ({"order": 3}, TypeError, "order=3"),
         ({"update": "step"}, ValueError, "update='step'"),
         ({"pull_decay": 1.5}, ValueError, "pull_decay=1.5"),
+        ({"finish": "thaw"}, ValueError, "finish='thaw'"),
+        ({"finish": "straight_through", "tune_centers": True}, ValueError, "tune_centers=True"),
     ],
 )
 def test_bad_arguments(kwargs, error, fragment):
@@ -204,6 +214,7 @@ def test_config_round_trip():
         update="epoch",
         steps_per_epoch=7,
         verbose=0,
+        finish="straight_through",
     )
     clone = tfq.callbacks.PhaseAdaptation.from_config(schedule.get_config())
     assert clone.get_config() == schedule.get_config()
@@ -241,3 +252,51 @@ def test_tune_centers_moves_the_codebook_and_ends_on_the_grid(float_model, digit
         np.testing.assert_array_equal(tfq.quantizers.multivalued.snap_centers(centers), centers)
         assert len(np.unique(kernel.numpy())) <= 4
         assert not np.array_equal(centers, plain["centers"].numpy())  # the centers trained
+
+
+def test_tune_centers_flag_is_the_tune_centers_finish():
+    schedule = tfq.callbacks.PhaseAdaptation(tune_centers=True)
+    assert schedule.get_config()["finish"] == "tune_centers"
+
+
+def _kernel_codes(model):
+    """Each kernel's weights as indices into its codebook (every weight is on a center)."""
+    return [np.searchsorted(s["centers"].numpy(), k.numpy()) for k, s in _states(model)]
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.6])
+def test_straight_through_finish_moves_weights_between_fixed_centers(
+    float_model, digits, sparsity
+):
+    x, y = _subset(digits)
+    scheme = tfq.schemes.Multivalued(levels=5 if sparsity else 4, mode="masked", sparsity=sparsity)
+    keras.utils.set_random_seed(5)
+    qmodel = compile_model(tfq.quantize_model(float_model, scheme), 3e-3)
+    schedule = tfq.callbacks.PhaseAdaptation(epochs_per_phase=1, finish="straight_through")
+    needed = schedule.epochs_needed(qmodel)
+    fit = dict(batch_size=32, shuffle=False, verbose=0, callbacks=[schedule])
+    qmodel.fit(x, y, epochs=needed, **fit)
+    phased = [(k.numpy(), s["centers"].numpy()) for k, s in _states(qmodel)]
+    codes = _kernel_codes(qmodel)
+
+    class Forward(keras.callbacks.Callback):  # during the finish: kernels drift off the centers
+        drifted = False
+
+        def on_train_batch_end(self, batch, logs=None):
+            for kernel, state in _states(self.model):
+                Forward.drifted |= not np.all(np.isin(kernel.numpy(), state["centers"].numpy()))
+
+    qmodel.fit(x, y, epochs=3, **{**fit, "callbacks": [schedule, Forward()]})
+    assert Forward.drifted
+    moved = 0
+    for (kernel, state), (before, centers), old, new in zip(
+        _states(qmodel), phased, codes, _kernel_codes(qmodel), strict=True
+    ):
+        assert state["center_tuning"].numpy() == 2.0
+        np.testing.assert_array_equal(state["centers"].numpy(), centers)  # the centers stay
+        assert np.all(np.isin(kernel.numpy(), centers))  # every weight back on a center
+        assert np.all(state["frozen_mask"].numpy() == 1.0)
+        moved += int(np.sum(old != new))
+        if sparsity:  # pruned weights stay pruned
+            assert np.all(kernel.numpy()[before == 0.0] == 0.0)
+    assert moved > 0  # some weights changed center, which a held finish never does

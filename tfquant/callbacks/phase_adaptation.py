@@ -35,6 +35,8 @@ from tfquant.quantizers.base import (
 
 _ORDERS = ("parallel", "sequential")
 _UPDATES = ("batch", "epoch")
+# What follows the last phase, and the value of the quantizer's `center_tuning` variable then.
+_FINISHES = {"hold": 0.0, "tune_centers": 1.0, "straight_through": 2.0}
 
 
 @values
@@ -134,15 +136,24 @@ class PhaseAdaptation(keras.callbacks.Callback):
       fused: with update="batch", run the per-batch update inside Keras' train step (same
         `tf.function`, no extra dispatch; see `base.AfterStep` for when it falls back to a
         hook). False always uses the `on_train_batch_end` hook; both give the same result.
-      tune_centers: once a layer's last interval is quantized, the epochs that follow tune its
-        centers (Deep Compression's centroid fine-tuning; the MPA paper ends with every
-        weight frozen and only the unquantized parameters training): every weight keeps its
+      finish: what the epochs after a layer's last phase do (give the schedule more epochs
+        than `epochs_needed` for it to act).
+        "hold" (the paper: MPA ends with every weight frozen; only the unquantized
+        parameters, such as biases, train on).
+        "tune_centers" (Deep Compression's centroid fine-tuning): every weight keeps its
         center, each center moves by the mean step of its weights, and at the end of `fit`
         the centers go back onto the int8 grid. Costs a few per-center sums per batch.
-        Give the schedule more epochs than `epochs_needed` for it to act.
+        "straight_through": the weights thaw with the centers fixed; the forward pass uses
+        each weight's nearest center and the gradient passes straight through, as in naive
+        snap-and-finetune, so a weight may move to another center; pruned weights (a zero
+        interval) get no gradient and stay pruned. At the end of `fit` every weight goes onto
+        its nearest center. Not in the paper: its frozen weights cannot correct an early
+        assignment, and at 2 bits on Fashion-MNIST this finish is what makes MPA beat naive
+        fine-tuning (`benchmarks/schedules.py`, row MPA+STE). Costs nothing per batch.
+      tune_centers: True is the older spelling of finish="tune_centers".
 
     Example:
-      >>> schedule = PhaseAdaptation(epochs_per_phase=1, recluster=True)
+      >>> schedule = PhaseAdaptation(epochs_per_phase=1, recluster=True, finish="straight_through")
       >>> PhaseAdaptation.from_config(schedule.get_config()).get_config() == schedule.get_config()
       True
     """
@@ -159,6 +170,7 @@ class PhaseAdaptation(keras.callbacks.Callback):
         verbose=1,
         zero_first=True,
         fused=True,
+        finish="hold",
         tune_centers=False,
     ):
         super().__init__()
@@ -190,7 +202,18 @@ class PhaseAdaptation(keras.callbacks.Callback):
         self.verbose = check_int("verbose", verbose, 0, 2)
         self.zero_first = check_bool("zero_first", zero_first)
         self.fused = check_bool("fused", fused)
-        self.tune_centers = check_bool("tune_centers", tune_centers)
+        if finish not in _FINISHES:
+            raise ValueError(
+                f"finish must be one of {tuple(_FINISHES)}. Received: finish={finish!r}"
+            )
+        if check_bool("tune_centers", tune_centers):
+            if finish != "hold":
+                raise ValueError(
+                    "tune_centers=True is finish='tune_centers'; give one of them. "
+                    f"Received: finish={finish!r}, tune_centers=True"
+                )
+            finish = "tune_centers"
+        self.finish = finish
         self._layers = None
         self._guard = FiniteGuard(type(self).__name__, self.verbose)
         self._after_step = AfterStep(self.fused)
@@ -208,7 +231,7 @@ class PhaseAdaptation(keras.callbacks.Callback):
             "verbose": self.verbose,
             "zero_first": self.zero_first,
             "fused": self.fused,
-            "tune_centers": self.tune_centers,
+            "finish": self.finish,
         }
 
     @classmethod
@@ -253,7 +276,10 @@ class PhaseAdaptation(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         self._after_step.uninstall(self.model)
         for layer in self._layers or []:
-            if layer.state["center_tuning"].numpy() > 0.5:
+            finishing = layer.state["center_tuning"].numpy()
+            if finishing > 1.5:  # straight-through: every weight onto its (fixed) center
+                layer.kernel.assign(layer.quantizer.hard_quantize(layer.kernel, layer.state))
+            elif finishing > 0.5:
                 settle_centers(layer)  # tuned centers back on the int8 grid (exact export)
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -301,7 +327,7 @@ class PhaseAdaptation(keras.callbacks.Callback):
             for layer in self._layers:
                 state = layer.state
                 interval = tf.cast(state["adapting_interval"], tf.int32)
-                if not self.tune_centers:
+                if self.finish == "hold":
                     _adapt(layer.kernel, state, interval, adaptation)
                     continue
                 sparse = "zero_threshold" in state
@@ -310,11 +336,14 @@ class PhaseAdaptation(keras.callbacks.Callback):
                     _adapt(layer.kernel, layer.state, interval, adaptation)
                     return tf.constant(True)
 
-                def recenter(layer=layer, sparse=sparse):
-                    _recenter(layer.kernel, layer.state, sparse)
+                def finish(layer=layer, sparse=sparse):
+                    if self.finish == "tune_centers":
+                        _recenter(layer.kernel, layer.state, sparse)
+                    else:  # straight-through: the optimizer alone moves the weights
+                        layer.state["schedule_step"].assign_add(1.0)
                     return tf.constant(True)
 
-                tf.cond(state["center_tuning"] > 0.5, recenter, adapt)
+                tf.cond(state["center_tuning"] > 0.5, finish, adapt)
             return tf.constant(True)
 
         return tf.cond(self._guard.graph_finite(loss), advance, lambda: tf.constant(False))
@@ -387,8 +416,7 @@ class PhaseAdaptation(keras.callbacks.Callback):
         if done.all():  # every weight exactly a center, even any left outside the intervals
             layer.kernel.assign(nearest_level(layer.kernel, state["centers"])[0])
             state["frozen_mask"].assign(tf.ones_like(state["frozen_mask"]))
-            if self.tune_centers:
-                state["center_tuning"].assign(1.0)
+            state["center_tuning"].assign(_FINISHES[self.finish])
         frozen = float(np.mean(state["frozen_mask"].numpy()))
         center = float(state["centers"].numpy()[interval])
         self._say(

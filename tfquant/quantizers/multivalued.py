@@ -77,10 +77,13 @@ def multivalued(kernel, centers, frozen_mask=None, zero_threshold=None, center_t
       centers: sorted 1-D float tensor (the codebook).
       frozen_mask: optional tensor like `kernel`; where it is 0 the weight passes through in
         full precision (Eq. 7-8 of MPA: only the frozen set and the adaptation range snap).
-        Frozen weights get no gradient (MPA Eq. 14) unless `center_tuning` is 1.
+        Frozen weights get no gradient (MPA Eq. 14) unless `center_tuning` is 1 or 2.
       center_tuning: optional scalar; at 1 the frozen weights pass the gradient straight
         through (their value stays the center), so that a schedule can move each center by
-        the mean step of its weights (`PhaseAdaptation(tune_centers=True)`).
+        the mean step of its weights (`PhaseAdaptation(finish="tune_centers")`). At 2 the
+        same, except that weights in the zero interval get none (they stay pruned): with
+        every weight frozen, the forward pass is each weight's nearest center with a
+        straight-through gradient (`PhaseAdaptation(finish="straight_through")`).
       zero_threshold: optional t of a zero interval (see `snap_with_zero_interval`). Without
         a frozen mask, weights inside it are pruned: 0 and no gradient, so they stay pruned
         during fine-tuning (Deep Compression's fixed pruning mask).
@@ -98,7 +101,10 @@ def multivalued(kernel, centers, frozen_mask=None, zero_threshold=None, center_t
         if center_tuning is not None:  # value unchanged (x - x is exactly 0); where(), not a
             # product, so that a NaN upstream gradient cannot reach frozen weights when off
             step = kernel - tf.stop_gradient(kernel)
-            held += tf.where(center_tuning > 0.5, step, tf.zeros_like(step))
+            passes = center_tuning > 0.5
+            if pruned is not None:
+                passes = passes & ~(pruned & (center_tuning > 1.5))
+            held += tf.where(passes, step, tf.zeros_like(step))
         return tf.where(frozen_mask > 0.5, held, kernel)
     quantized = straight_through(kernel, snapped)
     if pruned is None:
@@ -223,7 +229,8 @@ class MultivaluedQuantizer(TfquantQuantizer):
     rest midpoints), `interval_done` [k] (1 = interval quantized and frozen),
     `adapting_interval` (index of the interval in adaptation, -1 = none), `adaptation`
     (s of MPA Eq. 5), `pull_strength` (λ_i of MPA Eq. 12-13), `schedule_step` (batches
-    the schedule has run) and `center_tuning` (1 while a schedule tunes the centers).
+    the schedule has run) and `center_tuning` (what follows the last phase: 0 every weight
+    held, 1 the centers tune, 2 the weights fine-tune straight-through).
 
     In `masked` mode and training, the layer gets the L1 pull of MPA Eq. 4 as a loss:
     λ · Σ |w - c| over the free weights inside the adapting interval [e_l, e_r].
