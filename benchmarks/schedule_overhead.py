@@ -1,4 +1,5 @@
-"""Cost of the schedule callbacks on LeNet-5 (masked 3-bit multivalued). Each schedule's
+"""Cost of the schedule callbacks on LeNet-5 (masked 3-bit multivalued; GradualPruning on
+7 levels in snap mode, zero intervals widening toward 90 %). Each schedule's
 per-batch update runs fused inside Keras' train step (`tfquant.callbacks.base.AfterStep`), so
 its cost is measured twice over: the fused train step against Keras' own train step of the same
 model (blocks of 30 steps back to back, order alternating, median over the pairs), plus the
@@ -28,7 +29,12 @@ SCHEDULES = {
     "IntervalContraction": lambda: tfq.callbacks.IntervalContraction(epochs=100, verbose=0),
     "PartitionRounds": lambda: tfq.callbacks.PartitionRounds(epochs_per_round=100, verbose=0),
     "IncrementalLayers": lambda: tfq.callbacks.IncrementalLayers(epochs_per_layer=100, verbose=0),
+    # On a snap-mode model with a zero interval per layer (target 90 %), while the intervals
+    # widen: the thresholds and centers are recomputed on the host every 100 batches.
+    "GradualPruning": lambda: tfq.callbacks.GradualPruning(end_epoch=100, verbose=0),
 }
+#: The scheme each schedule drives (default: masked 3-bit).
+_SCHEMES = {"GradualPruning": lambda: tfq.schemes.Multivalued(levels=7, sparsity=0.9)}
 _HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_epoch_begin", "on_epoch_end")
 
 
@@ -114,7 +120,8 @@ def main(argv=None):
     base = lenet5()
     runs = {}
     for name, make in SCHEDULES.items():
-        model = tfq.quantize_model(base, tfq.schemes.Multivalued(bits=3, mode="masked"))
+        scheme = _SCHEMES.get(name, lambda: tfq.schemes.Multivalued(bits=3, mode="masked"))()
+        model = tfq.quantize_model(base, scheme)
         model.compile(
             keras.optimizers.SGD(0.001),
             keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -165,7 +172,8 @@ def main(argv=None):
             )
         rows.append(row)
     print(
-        f"LeNet-5 masked 3-bit, {args.steps} batches of {args.batch}, {args.rounds} rounds "
+        f"LeNet-5 masked 3-bit (GradualPruning: snap, 7 levels, zero intervals widening), "
+        f"{args.steps} batches of {args.batch}, {args.rounds} rounds "
         "(median); the per-batch update runs fused in the train step: 'in step' = that step "
         "minus Keras' own step on the same model (blocks of 30 steps back to back, median of "
         f"{4 * args.rounds} pairs), 'hooks' = time in the callback's Python hooks per batch "
