@@ -265,9 +265,7 @@ def _kernel_codes(model):
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.6])
-def test_straight_through_finish_moves_weights_between_fixed_centers(
-    float_model, digits, sparsity
-):
+def test_straight_through_finish_moves_weights_between_fixed_centers(float_model, digits, sparsity):
     x, y = _subset(digits)
     scheme = tfq.schemes.Multivalued(levels=5 if sparsity else 4, mode="masked", sparsity=sparsity)
     keras.utils.set_random_seed(5)
