@@ -69,7 +69,7 @@ def run_dataset(name, args):
             "seconds": time.perf_counter() - start,
         }
     ]
-    print(f"{name}: float {rows[0]['accuracy']:.4f}", flush=True)
+    print(f"{name} (seed {args.seed}): float {rows[0]['accuracy']:.4f}", flush=True)
     # The reference: the same float start trained for the same extra epochs at the
     # quantization learning rate, so every row has the same total epochs.
     start = time.perf_counter()
@@ -87,7 +87,8 @@ def run_dataset(name, args):
         }
     )
     reference = rows[-1]["accuracy"]
-    print(f"{name}: float after {args.float_epochs + args.epochs} epochs {reference:.4f}")
+    total = args.float_epochs + args.epochs
+    print(f"{name} (seed {args.seed}): float after {total} epochs {reference:.4f}")
     widths = [(2**b, f"{b}-bit") for b in args.bits] + [(3, "ternary")]
     for levels, label in widths:
         for method in [m for m in args.methods if m != "MLQ" or levels == 3]:
@@ -117,7 +118,7 @@ def run_dataset(name, args):
             row["drop_pt"] = 100 * (reference - row["accuracy"])
             rows.append(row)
             print(
-                f"{name}: {method} {label} {row['accuracy']:.4f} "
+                f"{name} (seed {args.seed}): {method} {label} {row['accuracy']:.4f} "
                 f"(drop {row['drop_pt']:+.2f} pt, {row['seconds']:.0f} s)",
                 flush=True,
             )
