@@ -22,7 +22,7 @@ since a single run's drop moves by about 0.1 pt with the order alone.
 
 Run: python benchmarks/compression.py [--models lenet300_100 lenet5 lenet5_cifar10] [--limit N]
        [--epochs 4] [--cosine] [--schedule snap|prune|mpa|mpa+tune] [--float-epochs 10]
-       [--ratios 60 100 200] [--seeds 0] [--json ...] [--png ...]
+       [--model-epochs lenet300_100=48] [--ratios 60 100 200] [--seeds 0] [--json ...] [--png ...]
 Targets (issue #7): LeNet-5 >= 200x and LeNet-300-100 >= 70x at <= 0.15 pt accuracy drop
 (milestone 60x).
 """
@@ -481,6 +481,13 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, default=None, help="training images (all)")
     parser.add_argument("--test-limit", type=int, default=None, help="test images (all)")
     parser.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs per row")
+    parser.add_argument(
+        "--model-epochs",
+        nargs="*",
+        default=[],
+        metavar="MODEL=EPOCHS",
+        help="fine-tuning epochs of one model's rows, e.g. lenet300_100=48 (else --epochs)",
+    )
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument(
         "--no-float16",
@@ -517,9 +524,19 @@ def main(argv=None):
     for name in args.models:
         if name not in _BUILDERS:
             parser.error(f"--models must be among {sorted(_BUILDERS)}. Received: {name!r}")
+    epochs = {}
+    for item in args.model_epochs:
+        name, _, count = item.partition("=")
+        if name not in _BUILDERS or not count.isdigit():
+            parser.error(
+                f"--model-epochs takes MODEL=EPOCHS with MODEL among {sorted(_BUILDERS)}. "
+                f"Received: {item!r}"
+            )
+        epochs[name] = int(count)
     rows = []
     for name in args.models:
-        rows += run_model(name, args)
+        model_args = argparse.Namespace(**{**vars(args), "epochs": epochs.get(name, args.epochs)})
+        rows += [{**row, "epochs": model_args.epochs} for row in run_model(name, model_args)]
     print_table(rows)
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     with open(args.json, "w") as stream:

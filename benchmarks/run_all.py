@@ -72,7 +72,7 @@ BENCHMARKS = {
         ],
     ),
     "compression_seeds": (
-        "Compression at the issue's targets over 3 seeds (48 epochs)",
+        "Compression at the issue's targets over 3 seeds",
         ["benchmarks/compression.py"],
         [
             "--models",
@@ -82,7 +82,9 @@ BENCHMARKS = {
             "lenet300_100:recipe",
             "lenet5:recipe 200x",
             "--epochs",
-            "48",
+            "24",
+            "--model-epochs",
+            "lenet300_100=48",
             "--cosine",
             "--ratios",
             "--schedule",
