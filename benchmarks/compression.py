@@ -326,7 +326,19 @@ def run_model(name, args):
             if "bias" in variable.name:
                 variable.assign(variable.numpy().astype(np.float16).astype(np.float32))
     hessian_data = (train[0][: args.hessian_samples], train[1][: args.hessian_samples])
-    plans = {}  # budget -> plan (or the reason there is none), the same for every seed
+    float_bytes = kernel_float_bytes(name, model)
+    plans = {}  # ratio -> plan; allocate_bits is deterministic, so one plan serves every seed
+    for ratio in args.ratios:
+        try:
+            plans[ratio] = tfq.allocate_bits(
+                model,
+                int(float_bytes / ratio),
+                hessian_data,
+                sparsities=args.sparsities,
+                levels=args.levels,
+            )
+        except ValueError as error:
+            print(f"{name}: no plan for {ratio}x ({error})")
     rows = []
     for seed in args.seeds:
 
@@ -347,7 +359,6 @@ def run_model(name, args):
             seeded()
             qmodel = tfq.quantize_model(model, _scheme(settings, args))
             add(evaluate_row(name, label, qmodel, train, test, float_accuracy, args))
-        float_bytes = kernel_float_bytes(name, model)
         if args.tfmot:
             seeded()
             add(
@@ -355,19 +366,7 @@ def run_model(name, args):
                     name, model, RECIPES[name], train, test, float_accuracy, float_bytes, args
                 )
             )
-        for ratio in args.ratios:
-            budget = int(float_bytes / ratio)
-            if budget not in plans:
-                try:
-                    plans[budget] = tfq.allocate_bits(
-                        model, budget, hessian_data, sparsities=args.sparsities, levels=args.levels
-                    )
-                except ValueError as error:
-                    plans[budget] = str(error)
-            plan = plans[budget]
-            if isinstance(plan, str):
-                print(f"{name}: no plan for {ratio}x ({plan})")
-                continue
+        for ratio, plan in plans.items():
             seeded()
             qmodel = tfq.quantize_model(model, _scheme(plan.layers, args))
             row = evaluate_row(
