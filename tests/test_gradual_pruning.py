@@ -8,6 +8,7 @@ import pytest
 import tfquant as tfq
 from tests.conftest import compile_model, fit_with_backup
 from tfquant._keras import quantized_weights, tf
+from tfquant.callbacks import pruning as pruning_module
 from tfquant.callbacks.pruning import pruning_sparsity
 
 keras = tfq.keras
@@ -93,6 +94,57 @@ def test_updates_follow_the_schedule(float_model, digits):
         expected = pruning_sparsity(step, 0.8, 0.1, 2, 8, 3)
         for zeros in recorder.zeros[step - 1]:
             assert zeros >= expected - 0.02, (step, zeros, expected)
+
+
+def test_last_update_divides_exactly(float_model, digits, monkeypatch):
+    """Updates between the first and the last refine the previous centers by Lloyd's iteration;
+    the last one (at end_epoch, here the last batch) is the exact division of what it saw."""
+    x, y = _subset(digits, 128)  # 4 batches of 32
+    qmodel = _pruned_model(float_model, 0.8)
+    starts = []
+    original = pruning_module.sparse_centers
+
+    def spy(*args, start=None, **kwargs):
+        starts.append(start is not None)
+        return original(*args, start=start, **kwargs)
+
+    monkeypatch.setattr(pruning_module, "sparse_centers", spy)
+    pruning = tfq.callbacks.GradualPruning(end_epoch=2, frequency=2, verbose=0)
+    qmodel.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0, callbacks=[pruning])
+    layers = len(_states(qmodel))
+    # batch 0 exact, batches 2, 4, 6 warm, batch 8 (= end_epoch) exact, per layer
+    assert starts[:layers] == [False] * layers and starts[-layers:] == [False] * layers
+    assert any(starts), "no update between the first and the last refined the centers"
+    for kernel, quantizer, state in _states(qmodel):
+        values = kernel.numpy()
+        share = float(np.mean(np.abs(values) <= state["zero_threshold"].numpy()))
+        expected, _ = original(values, quantizer.levels, share)
+        np.testing.assert_array_equal(state["centers"].numpy(), expected)
+
+
+def test_warm_start_lands_next_to_the_exact_division():
+    from tfquant.quantizers.multivalued import sparse_centers
+
+    kernel = (np.random.default_rng(0).standard_t(4, (200, 100)) * 0.05).astype(np.float32)
+    exact, t = sparse_centers(kernel, 7, 0.5)
+    outside = np.sort(kernel[np.abs(kernel) > t])
+
+    def sse(centers):
+        mids = (centers[1:] + centers[:-1]) / 2
+        return float(np.sum((outside - centers[np.searchsorted(mids, outside)]) ** 2))
+
+    refined, _ = sparse_centers(kernel, 7, 0.5, start=exact)  # the optimum is a fixed point
+    step = np.max(np.abs(exact)) / 127
+    np.testing.assert_allclose(refined, exact, rtol=0, atol=step)
+    moved, _ = sparse_centers(kernel, 7, 0.5, start=exact * 1.2)  # from centers 20 % off
+    nonzero = lambda c: np.delete(c, np.argmin(np.abs(c)))  # noqa: E731
+    assert sse(nonzero(moved)) <= 1.01 * sse(nonzero(exact))
+    assert sse(nonzero(exact * 1.2)) > 1.05 * sse(nonzero(exact))  # the start was off
+    garbage = np.linspace(-9.0, 9.0, 7)  # divisions other than k-means ignore the start
+    np.testing.assert_array_equal(
+        sparse_centers(kernel, 7, 0.5, "linear", start=garbage)[0],
+        sparse_centers(kernel, 7, 0.5, "linear")[0],
+    )
 
 
 def test_resume_mid_pruning_is_identical(float_model, digits, tmp_path):

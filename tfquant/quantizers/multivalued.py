@@ -10,7 +10,7 @@ stage, as one interval of the codebook); the other centers divide the weights ou
 import numpy as np
 
 from tfquant._keras import keras, tf
-from tfquant.coding.division import divide
+from tfquant.coding.division import divide, weighted_lloyd
 from tfquant.options import Division, Mode
 from tfquant.quantizers.base import (
     _LEVELS_IN_INT8,
@@ -125,7 +125,7 @@ def zero_threshold_for(kernel, sparsity):
 
 
 def sparse_centers(
-    kernel, levels, sparsity, division="kmeans", importance=None, entropy_weight=0.1
+    kernel, levels, sparsity, division="kmeans", importance=None, entropy_weight=0.1, start=None
 ):
     """Codebook with a zero interval: 0 plus `levels` - 1 centers dividing the weights outside
     [-t, t] by `division`, on the int8 grid of max|center|; a non-zero center that would fall
@@ -135,6 +135,12 @@ def sparse_centers(
     Args:
       kernel: the layer's weights. levels: codebook size, >= 3. sparsity: in (0, 1).
       division, importance, entropy_weight: as for `tfq.coding.divide`.
+      start: optional previous codebook of this layer (`levels` sorted values, one of them
+        0). With division "kmeans", Lloyd's iteration from its non-zero centers replaces the
+        exact division (`tfq.coding.division.weighted_lloyd`, O(k log n) per iteration on the
+        sorted weights): a local optimum next to the previous one, for callers that re-divide
+        often while the weights change little (`tfq.callbacks.GradualPruning` between its
+        first and last update). Other divisions ignore it.
 
     Returns:
       `(centers, zero_threshold)`: sorted float32 [levels] with exactly one 0, and t.
@@ -152,7 +158,17 @@ def sparse_centers(
     if importance is not None:
         extra = np.asarray(importance).reshape(kernel.shape)
         extra = extra[outside] if outside.any() else extra.ravel()
-    others = divide(values, levels - 1, division, extra, entropy_weight).astype(np.float64)
+    previous = None if start is None else np.sort(np.asarray(start, np.float64).ravel())
+    if (
+        previous is not None
+        and previous.size == levels
+        and Division.parse(division, "division") is Division.KMEANS
+    ):
+        nonzero = np.delete(previous, int(np.argmin(np.abs(previous))))
+        ordered = np.sort(values.astype(np.float64))
+        others = weighted_lloyd(ordered, np.ones_like(ordered), nonzero)
+    else:
+        others = divide(values, levels - 1, division, extra, entropy_weight).astype(np.float64)
     centers = snap_centers(np.concatenate([[0.0], others]))
     top = float(np.max(np.abs(centers)))
     step = top / _LEVELS_IN_INT8 if top > 0 else 1.0
