@@ -32,11 +32,18 @@ from tfquant.quantizers.base import (
     check_int,
     nearest_level,
 )
+from tfquant.quantizers.multivalued import (
+    HOLD,
+    STRAIGHT_THROUGH,
+    TUNE_CENTERS,
+    finishing,
+    straight_through_finish,
+)
 
 _ORDERS = ("parallel", "sequential")
 _UPDATES = ("batch", "epoch")
 # What follows the last phase, and the value of the quantizer's `center_tuning` variable then.
-_FINISHES = {"hold": 0.0, "tune_centers": 1.0, "straight_through": 2.0}
+_FINISHES = {"hold": HOLD, "tune_centers": TUNE_CENTERS, "straight_through": STRAIGHT_THROUGH}
 
 
 @values
@@ -277,10 +284,10 @@ class PhaseAdaptation(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         self._after_step.uninstall(self.model)
         for layer in self._layers or []:
-            finishing = layer.state["center_tuning"].numpy()
-            if finishing > 1.5:  # straight-through: every weight onto its (fixed) center
+            mode = layer.state["center_tuning"].numpy()
+            if straight_through_finish(mode):  # every weight onto its (fixed) center
                 layer.kernel.assign(layer.quantizer.hard_quantize(layer.kernel, layer.state))
-            elif finishing > 0.5:
+            elif finishing(mode):
                 settle_centers(layer)  # tuned centers back on the int8 grid (exact export)
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -344,7 +351,7 @@ class PhaseAdaptation(keras.callbacks.Callback):
                         layer.state["schedule_step"].assign_add(1.0)
                     return tf.constant(True)
 
-                tf.cond(state["center_tuning"] > 0.5, finish, adapt)
+                tf.cond(finishing(state["center_tuning"]), finish, adapt)
             return tf.constant(True)
 
         return tf.cond(self._guard.graph_finite(loss), advance, lambda: tf.constant(False))

@@ -69,6 +69,22 @@ def snap_with_zero_interval(kernel, centers, zero_threshold):
     return tf.where(pruned, tf.zeros_like(snapped), snapped), pruned
 
 
+# Values of a quantizer's `center_tuning` variable: what the epochs after the last MPA phase
+# do (`tfq.callbacks.PhaseAdaptation(finish=...)`). Code compares against the midpoints, so a
+# value read back from a checkpoint compares the same.
+HOLD, TUNE_CENTERS, STRAIGHT_THROUGH = 0.0, 1.0, 2.0
+
+
+def finishing(center_tuning):
+    """True where `center_tuning` says the frozen weights pass the gradient (tune or STE)."""
+    return center_tuning > (HOLD + TUNE_CENTERS) / 2
+
+
+def straight_through_finish(center_tuning):
+    """True where `center_tuning` says STRAIGHT_THROUGH (weights thaw between fixed centers)."""
+    return center_tuning > (TUNE_CENTERS + STRAIGHT_THROUGH) / 2
+
+
 def multivalued(kernel, centers, frozen_mask=None, zero_threshold=None, center_tuning=None):
     """Snaps `kernel` to its nearest `centers` with a straight-through gradient.
 
@@ -101,9 +117,9 @@ def multivalued(kernel, centers, frozen_mask=None, zero_threshold=None, center_t
         if center_tuning is not None:  # value unchanged (x - x is exactly 0); where(), not a
             # product, so that a NaN upstream gradient cannot reach frozen weights when off
             step = kernel - tf.stop_gradient(kernel)
-            passes = center_tuning > 0.5
+            passes = finishing(center_tuning)
             if pruned is not None:
-                passes = passes & ~(pruned & (center_tuning > 1.5))
+                passes = passes & ~(pruned & straight_through_finish(center_tuning))
             held += tf.where(passes, step, tf.zeros_like(step))
         return tf.where(frozen_mask > 0.5, held, kernel)
     quantized = straight_through(kernel, snapped)
