@@ -86,6 +86,12 @@ BENCHMARKS = {
             "benchmarks/results/schedules_3bit.json",
         ],
     ),
+    "schedules_table": (
+        "Schedules: the full table (every method at 4, 3, 2 bits and ternary), one seed",
+        ["benchmarks/schedules.py"],
+        ["--learning-rate", "5e-4"],
+        ["--datasets", "mnist", "--bits", "2", "--epochs", "2", "--float-epochs", "2"],
+    ),
     "compression": (
         "Compression (LeNet-300-100, LeNet-5 on MNIST; LeNet-5 on a CIFAR-10 subset)",
         ["benchmarks/compression.py"],
