@@ -17,6 +17,7 @@ starts from the same seed, so rows see the same shuffling order.
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -69,7 +70,7 @@ def run_dataset(name, args):
             "seconds": time.perf_counter() - start,
         }
     ]
-    print(f"{name} (seed {args.seed}): float {rows[0]['accuracy']:.4f}", flush=True)
+    _progress(f"{name} (seed {args.seed}): float {rows[0]['accuracy']:.4f}")
     # The reference: the same float start trained for the same extra epochs at the
     # quantization learning rate, so every row has the same total epochs.
     start = time.perf_counter()
@@ -88,7 +89,7 @@ def run_dataset(name, args):
     )
     reference = rows[-1]["accuracy"]
     total = args.float_epochs + args.epochs
-    print(f"{name} (seed {args.seed}): float after {total} epochs {reference:.4f}")
+    _progress(f"{name} (seed {args.seed}): float after {total} epochs {reference:.4f}")
     widths = [(2**b, f"{b}-bit") for b in args.bits] + [(3, "ternary")]
     for levels, label in widths:
         for method in [m for m in args.methods if m != "MLQ" or levels == 3]:
@@ -99,7 +100,7 @@ def run_dataset(name, args):
             qmodel = compile_classifier(tfq.quantize_model(float_model, scheme), args.learning_rate)
             callbacks = [] if method == "naive" else [_schedule(method, levels, args.epochs)]
             if callbacks and callbacks[0].epochs_needed(qmodel) > args.epochs:
-                print(f"  skip {method} {label}: needs more than {args.epochs} epochs")
+                _progress(f"  skip {method} {label}: needs more than {args.epochs} epochs")
                 continue
             qmodel.fit(
                 x, y, epochs=args.epochs, batch_size=args.batch, verbose=0, callbacks=callbacks
@@ -117,12 +118,17 @@ def run_dataset(name, args):
             }
             row["drop_pt"] = 100 * (reference - row["accuracy"])
             rows.append(row)
-            print(
+            _progress(
                 f"{name} (seed {args.seed}): {method} {label} {row['accuracy']:.4f} "
-                f"(drop {row['drop_pt']:+.2f} pt, {row['seconds']:.0f} s)",
-                flush=True,
+                f"(drop {row['drop_pt']:+.2f} pt, {row['seconds']:.0f} s)"
             )
     return rows
+
+
+def _progress(line):
+    """A row as soon as it is measured, on stderr: standard output holds only the table (what
+    run_all stores and the README shows); every row is also in the JSON."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def print_table(rows):
