@@ -7,6 +7,7 @@ import pytest
 import tfquant as tfq
 from tests.conftest import compile_model, fit_with_backup
 from tfquant._keras import quantized_weights, tf
+from tfquant.callbacks import phase_adaptation
 
 keras = tfq.keras
 
@@ -298,3 +299,22 @@ def test_straight_through_finish_moves_weights_between_fixed_centers(float_model
         if sparsity:  # pruned weights stay pruned
             assert np.all(kernel.numpy()[before == 0.0] == 0.0)
     assert moved > 0  # some weights changed center, which a held finish never does
+
+
+def test_update_keeps_everything_where_the_guard_says_not_finite():
+    """The guard's answer goes into the update as a tensor (no tf.cond around it): False must
+    leave the weights, mask and centers exactly as they were, True must change them."""
+    rng = np.random.default_rng(0)
+    weights = tf.constant(rng.normal(0, 1, (40, 30)).astype(np.float32))
+    mask = tf.constant((rng.random((40, 30)) < 0.3).astype(np.float32))
+    centers = tf.constant([-1.5, -0.5, 0.5, 1.5])
+    bounds = tf.constant([-4.0, -1.0, 0.0, 1.0, 4.0])
+    done = tf.constant([0.0, 0.0, 0.0, 0.0])
+    args = (weights, mask, centers, bounds, done, tf.constant(3), tf.constant(0.5))
+    for finite, same in ((tf.constant(False), True), (tf.constant(True), False)):
+        new_weights, new_mask = phase_adaptation._adapted(*args, finite)
+        assert np.array_equal(new_weights.numpy(), weights.numpy()) == same
+        assert np.array_equal(new_mask.numpy(), mask.numpy()) == same
+        moved, new_centers = phase_adaptation._recentered(weights, centers, False, finite)
+        assert np.array_equal(moved.numpy(), weights.numpy()) == same
+        assert np.array_equal(new_centers.numpy(), centers.numpy()) == same

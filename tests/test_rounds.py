@@ -7,7 +7,9 @@ import pytest
 import tfquant as tfq
 from tests.conftest import compile_model
 from tests.test_phase_adaptation import _Recorder, _states, _subset
-from tfquant._keras import quantized_weights
+from tfquant._keras import quantized_weights, tf
+from tfquant.callbacks import interval_contraction
+from tfquant.callbacks.base import held_weights
 
 
 def _masked(float_model, levels):
@@ -115,3 +117,37 @@ def test_interval_contraction_round_trip_and_bad_input():
     assert clone.get_config() == schedule.get_config()
     with pytest.raises(ValueError, match="epochs=0"):
         tfq.callbacks.IntervalContraction(epochs=0)
+
+
+def test_interval_contraction_step_picks_its_case_inside_one_launch():
+    """`_stepped` (one XLA launch per layer): a contraction with an interval shift every
+    `every` steps and at the last, without one in between, `hold` once contracted, and
+    nothing at all where the guard says not finite."""
+    rng = np.random.default_rng(0)
+    weights = tf.constant(rng.normal(0, 1, (50, 20)).astype(np.float32))
+    mask = tf.constant((rng.random((50, 20)) < 0.5).astype(np.float32))
+    centers = tf.constant([-1.2, -0.3, 0.4, 1.1])
+    bounds = tf.constant([-5.0, -0.75, 0.05, 0.75, 5.0])
+    done = tf.constant([1.0, 0.0, 0.0, 1.0])
+    yes, no = tf.constant(True), tf.constant(False)
+
+    def step(at, finite=yes, total=10, every=4):
+        out = interval_contraction._stepped(
+            weights, mask, centers, bounds, done, tf.constant(at), total, every, finite
+        )
+        return [t.numpy() for t in out]
+
+    def expect(got, want):
+        for a, b in zip(got[:3], want, strict=True):
+            np.testing.assert_allclose(a, np.asarray(b), rtol=1e-6, atol=1e-7)
+
+    expect(step(4), interval_contraction._contracted(weights, centers, bounds, 0.5, True))
+    expect(step(5), interval_contraction._contracted(weights, centers, bounds, 0.6, False))
+    expect(step(9), interval_contraction._contracted(weights, centers, bounds, 1.0, True))
+    assert not np.array_equal(step(4)[1], centers.numpy())  # the shift moved the centers
+    np.testing.assert_array_equal(step(5)[1], centers.numpy())
+    held = held_weights(weights, mask, centers, bounds, done)
+    expect(step(10), (held, centers, bounds))
+    expect(step(5, finite=no), (weights, centers, bounds))
+    expect(step(10, finite=no), (weights, centers, bounds))
+    assert step(5)[3] == pytest.approx(0.6)

@@ -412,11 +412,15 @@ def freeze_intervals(layer, intervals):
     state["interval_done"].assign(done.astype(np.float32))
 
 
-@values
-def _held(weights, mask, centers, bounds, done):
+def held_weights(weights, mask, centers, bounds, done):
+    """`hold`'s arithmetic (tensors in and out): frozen weights on their nearest centers, free
+    ones clipped into the span of the unfinished intervals (Eq. 15)."""
     frozen = mask > 0.5
     snapped = nearest_level(weights, centers)[0]
     return clip_free(tf.where(frozen, snapped, weights), frozen, bounds, done < 0.5)
+
+
+_held = values(held_weights)
 
 
 def hold(kernel, state):
