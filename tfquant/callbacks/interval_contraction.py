@@ -65,8 +65,9 @@ def _stepped(weights, mask, centers, bounds, done, step, total, every, finite):
     False, everything as it was. Returns the weights, centers, bounds and progress.
 
     The three cases are one XLA conditional inside this launch, not `tf.cond`s around it: a
-    TensorFlow branch is a function call of its own in which the new kernels are copied into
-    the variables instead of handed over (about 0.3 ms a LeNet-5 step here, 2 % of it)."""
+    TensorFlow branch is a function call of its own in which the new kernels were copied into
+    the variables instead of handed over (on LeNet-5 here the update went from 0.65 to
+    0.34-0.46 ms a step)."""
     progress = tf.minimum(tf.cast(step + 1, tf.float32) / total, 1.0)
     shift = tf.equal(step % every, 0) | tf.equal(step + 1, total)
     case = tf.where(step >= total, 0, tf.where(shift, 2, 1))

@@ -340,9 +340,9 @@ class PhaseAdaptation(keras.callbacks.Callback):
 
         The guard's answer goes into the update as a tensor, which keeps the kernels as they
         were where it is False, rather than as a `tf.cond` around the update: a branch is a
-        function call of its own in which the new kernels and masks are copied into the
-        variables instead of handed over, which cost about 0.3 ms a LeNet-5 step here
-        (2 % of it)."""
+        function call of its own in which the new kernels and masks were copied into the
+        variables instead of handed over (on LeNet-5 here the update went from 0.55 to about
+        0.47 ms a step)."""
         finite = self._guard.graph_finite(loss)
         step = tf.cast(self._layers[0].state["schedule_step"], tf.int32)
         adaptation = tf.cast(step % self._per_phase + 1, tf.float32) / self._per_phase
