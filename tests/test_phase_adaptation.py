@@ -301,12 +301,19 @@ def test_straight_through_finish_moves_weights_between_fixed_centers(float_model
     assert moved > 0  # some weights changed center, which a held finish never does
 
 
+def _random_layer(shape, frozen_share):
+    """A kernel of standard normal weights and a frozen mask with about `frozen_share` set,
+    as tensors (inputs of a schedule's XLA update)."""
+    rng = np.random.default_rng(0)
+    weights = rng.normal(0, 1, shape).astype(np.float32)
+    mask = (rng.random(shape) < frozen_share).astype(np.float32)
+    return tf.constant(weights), tf.constant(mask)
+
+
 def test_update_keeps_everything_where_the_guard_says_not_finite():
     """The guard's answer goes into the update as a tensor (no tf.cond around it): False must
     leave the weights, mask and centers exactly as they were, True must change them."""
-    rng = np.random.default_rng(0)
-    weights = tf.constant(rng.normal(0, 1, (40, 30)).astype(np.float32))
-    mask = tf.constant((rng.random((40, 30)) < 0.3).astype(np.float32))
+    weights, mask = _random_layer((40, 30), 0.3)
     centers = tf.constant([-1.5, -0.5, 0.5, 1.5])
     bounds = tf.constant([-4.0, -1.0, 0.0, 1.0, 4.0])
     done = tf.constant([0.0, 0.0, 0.0, 0.0])

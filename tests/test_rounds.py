@@ -6,7 +6,7 @@ import pytest
 
 import tfquant as tfq
 from tests.conftest import compile_model
-from tests.test_phase_adaptation import _Recorder, _states, _subset
+from tests.test_phase_adaptation import _random_layer, _Recorder, _states, _subset
 from tfquant._keras import quantized_weights, tf
 from tfquant.callbacks import interval_contraction
 from tfquant.callbacks.base import held_weights
@@ -123,9 +123,7 @@ def test_interval_contraction_step_picks_its_case_inside_one_launch():
     """`_stepped` (one XLA launch per layer): a contraction with an interval shift every
     `every` steps and at the last, without one in between, `hold` once contracted, and
     nothing at all where the guard says not finite."""
-    rng = np.random.default_rng(0)
-    weights = tf.constant(rng.normal(0, 1, (50, 20)).astype(np.float32))
-    mask = tf.constant((rng.random((50, 20)) < 0.5).astype(np.float32))
+    weights, mask = _random_layer((50, 20), 0.5)
     centers = tf.constant([-1.2, -0.3, 0.4, 1.1])
     bounds = tf.constant([-5.0, -0.75, 0.05, 0.75, 5.0])
     done = tf.constant([1.0, 0.0, 0.0, 1.0])

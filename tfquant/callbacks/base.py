@@ -438,6 +438,16 @@ def hold(kernel, state):
     )
 
 
+def guarded(finite, new, old):
+    """Inside a schedule's XLA update: the tuple `new` where the guard's scalar `finite` is
+    True, else `old` (the values as they were). The guard's answer enters the update as a
+    tensor instead of a `tf.cond` around it: a TensorFlow branch is a function call of its own
+    in which the new kernels were copied into the variables instead of handed over (on LeNet-5
+    here PhaseAdaptation's update went from 0.55 to about 0.47 ms a step, IntervalContraction's
+    from 0.65 to 0.34-0.46 ms)."""
+    return tuple(tf.where(finite, n, o) for n, o in zip(new, old, strict=True))
+
+
 def clip_free(weights, frozen, bounds, unfinished):
     """MPA Eq. 15: free weights clipped to [min, max] of the unfinished intervals' span."""
     low = tf.reduce_min(tf.where(unfinished, bounds[:-1], np.inf))

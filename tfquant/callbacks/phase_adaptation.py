@@ -17,6 +17,7 @@ from tfquant.callbacks.base import (
     batches_per_epoch,
     check_steps_per_epoch,
     clip_free,
+    guarded,
     last_batch,
     layer_scalars,
     masked_multivalued_layers,
@@ -50,7 +51,6 @@ _FINISHES = {"hold": HOLD, "tune_centers": TUNE_CENTERS, "straight_through": STR
 def _adapted(weights, mask, centers, bounds, done, interval, adaptation, finite):
     """One MPA update of one layer's weights and frozen mask (`interval` < 0: none adapts);
     where `finite` is False (the guard saw NaN or Inf), the weights and mask as they were."""
-    held, held_mask = weights, mask
     count = centers.shape[0]
     active = interval >= 0
     index = tf.clip_by_value(interval, 0, count - 1)
@@ -60,12 +60,12 @@ def _adapted(weights, mask, centers, bounds, done, interval, adaptation, finite)
     frozen = mask > 0.5
     newly = active & ~frozen & (weights >= left) & (weights <= right)  # Eq. 8
     snapped, _ = nearest_level(weights, centers)
-    weights = tf.where(frozen, snapped, tf.where(newly, center, weights))  # Eq. 7
+    adapted = tf.where(frozen, snapped, tf.where(newly, center, weights))  # Eq. 7
     frozen = frozen | newly
     finishing = active & (tf.range(count) == index) & (adaptation >= 1.0)
     unfinished = ~((done > 0.5) | finishing)
-    weights = clip_free(weights, frozen, bounds, unfinished)  # Eq. 15
-    return tf.where(finite, weights, held), tf.where(finite, tf.cast(frozen, mask.dtype), held_mask)
+    adapted = clip_free(adapted, frozen, bounds, unfinished)  # Eq. 15
+    return guarded(finite, (adapted, tf.cast(frozen, mask.dtype)), (weights, mask))
 
 
 def _adapt(kernel, state, interval, adaptation, finite):
@@ -105,10 +105,7 @@ def _recentered(weights, centers, keep_zero, finite):
     if keep_zero:
         zero = tf.range(centers.shape[0]) == tf.cast(tf.argmin(tf.abs(centers)), tf.int32)
         moved = tf.where(zero, 0.0, moved)
-    return (
-        tf.where(finite, tf.gather(moved, index), weights),
-        tf.where(finite, tf.sort(moved), centers),
-    )
+    return guarded(finite, (tf.gather(moved, index), tf.sort(moved)), (weights, centers))
 
 
 def _recenter(kernel, state, keep_zero, finite):
@@ -338,11 +335,7 @@ class PhaseAdaptation(keras.callbacks.Callback):
         the loss and the weights are finite, s = (step mod units + 1) / units on every layer
         with an adapting interval (chosen beforehand by `_prepare`), then Eq. 5-8 and 15.
 
-        The guard's answer goes into the update as a tensor, which keeps the kernels as they
-        were where it is False, rather than as a `tf.cond` around the update: a branch is a
-        function call of its own in which the new kernels and masks were copied into the
-        variables instead of handed over (on LeNet-5 here the update went from 0.55 to about
-        0.47 ms a step)."""
+        The guard's answer goes into the update as a tensor (see `base.guarded`)."""
         finite = self._guard.graph_finite(loss)
         step = tf.cast(self._layers[0].state["schedule_step"], tf.int32)
         adaptation = tf.cast(step % self._per_phase + 1, tf.float32) / self._per_phase
