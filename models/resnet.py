@@ -40,6 +40,9 @@ def _block(x, filters, stride, weight_decay):
 def cifar_resnet(depth=20, input_shape=(32, 32, 3), classes=10, weight_decay=1e-4, seed=0):
     """ResNet-20/32/44/56 for CIFAR (depth = 6n + 2).
 
+    `weight_decay` is the Keras L2 factor of every kernel (loss += weight_decay * sum(w^2));
+    0 builds the network without regularizers.
+
     Example:
       >>> cifar_resnet(20).count_params()
       271098
@@ -49,8 +52,9 @@ def cifar_resnet(depth=20, input_shape=(32, 32, 3), classes=10, weight_decay=1e-
     keras.utils.set_random_seed(seed)
     layers = keras.layers
     blocks = (depth - 2) // 6
+    regularizer = keras.regularizers.l2(weight_decay) if weight_decay else None
     inputs = keras.Input(input_shape)
-    x = layers.Conv2D(16, 3, padding="same", use_bias=False)(inputs)
+    x = layers.Conv2D(16, 3, padding="same", use_bias=False, kernel_regularizer=regularizer)(inputs)
     x = layers.BatchNormalization()(x)
     x = layers.ReLU()(x)
     for stage, filters in enumerate((16, 32, 64)):
@@ -58,7 +62,7 @@ def cifar_resnet(depth=20, input_shape=(32, 32, 3), classes=10, weight_decay=1e-
             stride = 2 if stage > 0 and block == 0 else 1
             x = _block(x, filters, stride, weight_decay)
     x = layers.GlobalAveragePooling2D()(x)
-    outputs = layers.Dense(classes)(x)
+    outputs = layers.Dense(classes, kernel_regularizer=regularizer)(x)
     return keras.Model(inputs, outputs, name=f"resnet{depth}")
 
 
