@@ -15,6 +15,9 @@ import sys
 import numpy as np
 from absl import flags
 
+from tfquant import _cli
+
+_PROGRAM = "python -m tfquant.export"
 _DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 _TARGETS = ("host", "android", "edgetpu")
 
@@ -234,17 +237,18 @@ def _micro(tfl, check, print_fn):
 
 
 def main(argv=None):
-    """Entry point; returns the process exit status (0 ok, 1 check failed, 2 usage error)."""
+    """Entry point; returns the process exit status (0 ok or --help, 1 check failed, 2 usage
+    error). `argv` includes the program name (default `sys.argv`)."""
     argv = list(sys.argv if argv is None else argv)
     try:
-        values = FLAGS(argv)
-        del values
+        _cli.parse(FLAGS, argv[1:], _PROGRAM, __doc__)
         card = export_model(FLAGS)
+    except _cli.HelpRequested:
+        return 0
     except flags.Error as error:
-        print(f"error: {error}\n\nflags:\n{FLAGS.get_help()}", file=sys.stderr)
-        return 2
+        return _cli.error(_PROGRAM, error)
     except (UsageError, OSError, ValueError, TypeError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{_PROGRAM}: error: {error}", file=sys.stderr)
         return 2
     finally:
         FLAGS.unparse_flags()

@@ -233,8 +233,11 @@ def train_baseline(name, data_dir=None, out=None, verbose=2, backup_dir=None):
 
 
 def main(argv=None):
-    """`python -m tfquant.models.baselines --name=NAME [--data_dir=DIR] [--out=FILE]`."""
+    """`python -m tfquant.models.baselines --name=NAME [--data_dir=DIR] [--out=FILE]`; returns
+    the exit status (0 done or --help, 2 bad flags). `argv` includes the program name."""
     from absl import flags
+
+    from tfquant import _cli
 
     values = flags.FlagValues()
     flags.DEFINE_enum("name", None, sorted(BASELINES), "Baseline to train.", flag_values=values)
@@ -248,13 +251,15 @@ def main(argv=None):
         "Folder where an interrupted run resumes (default: the cache folder's baselines/NAME).",
         flag_values=values,
     )
+    program = "python -m tfquant.models.baselines"
     try:
-        values(list(sys.argv if argv is None else argv))
+        _cli.parse(values, list(sys.argv if argv is None else argv)[1:], program, __doc__)
         if values.name is None:
-            raise flags.Error("--name is required")
+            raise flags.Error(f"--name is required: one of {', '.join(sorted(BASELINES))}")
+    except _cli.HelpRequested:
+        return 0
     except flags.Error as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return _cli.error(program, error)
     accuracy, digest = train_baseline(
         values.name, values.data_dir, values.out, backup_dir=values.backup_dir
     )

@@ -17,6 +17,7 @@ import time
 from absl import flags
 
 import tfquant as tfq
+from tfquant import _cli
 from tfquant._keras import keras
 from tfquant.models import datasets
 from tfquant.models.classifier import compile_classifier
@@ -546,21 +547,15 @@ def main(argv=None):
     not found or is corrupt, or the exported TFLite failed its check, 2 bad flags."""
     argv = sys.argv[1:] if argv is None else list(argv)
     flag_values = define_flags(flags.FlagValues())
-    if any(arg in ("-h", "-help", "--help", "--helpfull") for arg in argv):
-        # absl groups flags under their defining module's file path; keep only the flags.
-        text = flag_values.get_help(include_special_flags=False).splitlines()
-        print(__doc__ + "\nFlags:\n" + "\n".join(line for line in text if line.startswith(" ")))
-        return 0
     try:
-        rest = flag_values([_PROGRAM, *argv])
-        if len(rest) > 1:
-            raise flags.Error(f"unexpected arguments {rest[1:]}: every option is a --flag")
+        _cli.parse(flag_values, argv, _PROGRAM, __doc__)
         options = {name: flag_values[name].value for name in _FLAG_NAMES}
         options["limit"] = _parse_limit(options["limit"])
         result = train(**options)
+    except _cli.HelpRequested:
+        return 0
     except flags.Error as error:
-        print(f"{_PROGRAM}: error: {error}. Run with --help for the flags.", file=sys.stderr)
-        return 2
+        return _cli.error(_PROGRAM, error)
     except UsageError as error:
         value = flag_values[error.flag].value
         if isinstance(value, list):
