@@ -3,8 +3,6 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-export TF_CPP_MIN_LOG_LEVEL ?= 2
-export PYTHONWARNINGS ?= ignore::DeprecationWarning:tensorflow
 
 .PHONY: install demo test lint format benchmark clean
 

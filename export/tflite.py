@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 import tensorflow_model_optimization as tfmot
 
+from tfquant import _quiet
 from tfquant._keras import check_keras2_model, keras, quantized_activations, quantized_weights, tf
 from tfquant.export.flatbuffer import InvalidTfliteError, stored_tensors, validate
 from tfquant.quantizers.base import TfquantQuantizer, check_bool, check_float
@@ -207,7 +208,7 @@ def to_tflite(qmodel, representative_data, int4=False, int8_io=True, batch_size=
         # Otherwise the converter re-quantizes every kernel per output channel and the
         # per-layer codebook is lost (DESIGN.md, "Facts").
         converter._experimental_disable_per_channel = True
-    return converter.convert()
+    return _quiet.convert(converter)
 
 
 def write_atomic(data, path):

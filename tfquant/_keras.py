@@ -18,8 +18,15 @@ if os.environ.get("TF_USE_LEGACY_KERAS", "1").strip().lower() not in ("1", "true
     raise ImportError(f"{_FIX} Received: TF_USE_LEGACY_KERAS={os.environ['TF_USE_LEGACY_KERAS']!r}")
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+from tfquant import _quiet  # noqa: E402
+
+# In tfquant's own command lines only: TensorFlow's C++ start-up lines stay off stderr.
+with _quiet.startup() as quiet:
+    import tensorflow as tf
+    import tf_keras as keras
+
+    if quiet:
+        tf.config.list_physical_devices()  # the CUDA driver lookup logs here, inside the filter
 
 if not tf.keras.__name__.startswith("tf_keras"):
     raise ImportError(f"{_FIX} Received: tf.keras is {tf.keras.__name__} (Keras 3).")

@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 import tfquant as tfq
-from tfquant import export, summary
+from tfquant import _quiet, export, summary
 from tfquant._keras import tf
 from tfquant.models import compile_classifier, datasets, digits_cnn
 
@@ -24,7 +24,7 @@ SCHEMES = {
 
 
 def _float_tflite(model):
-    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    return _quiet.convert(tf.lite.TFLiteConverter.from_keras_model(model))
 
 
 def run(epochs=30, qat_epochs=8, seed=0, print_fn=print):

@@ -1,0 +1,173 @@
+"""Every command line answers --help / -h and names an unknown flag; tfquant's exports keep the
+converter's chatter off stderr while the user's own warnings and real errors get through."""
+
+import importlib
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+import tfquant as tfq
+from tests.conftest import compile_model
+from tfquant import _quiet, export
+from tfquant.models import digits_cnn
+
+COMMANDS = {
+    "tfquant.export": ("--model", "--out", "--representative", "--overwrite"),
+    "tfquant.models.train": ("--model", "--scheme", "--schedule", "--tflite_out"),
+    "tfquant.models.baselines": ("--name", "--data_dir", "--backup_dir"),
+}
+STARTUP_CHATTER = ("cpu_feature_guard", "port.cc", "cudart_stub", "cuInit", "absl::InitializeLog")
+CONVERTER_CHATTER = (
+    "Statistics for quantized inputs",
+    "fully_quantize",
+    "tf_tfl_flatbuffer_helpers",
+    "Reading SavedModel",
+    "Skipping runtime version metadata",
+)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """{(module, argument): finished process}: every command with --help and with a bogus
+    flag, started together (each pays for importing TensorFlow)."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS")
+    }
+    started = {
+        (module, arg): subprocess.Popen(
+            [sys.executable, "-m", module, arg],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for module in COMMANDS
+        for arg in ("--help", "--bogus_flag=1")
+    }
+    finished = {}
+    for key, process in started.items():
+        out, err = process.communicate(timeout=300)
+        finished[key] = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    return finished
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_help_lists_the_flags_and_exits_0(runs, module):
+    done = runs[module, "--help"]
+    assert done.returncode == 0, done.stderr[-2000:]
+    for flag in COMMANDS[module]:
+        assert flag in done.stdout
+    assert "--undefok" not in done.stdout  # absl's own flags are not this command's
+    for chatter in STARTUP_CHATTER:
+        assert chatter not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_short_help_in_process(module, capsys):
+    main = importlib.import_module(module if module != "tfquant.export" else "tfquant.export.cli")
+    # train's main takes the arguments only; the others, like sys.argv, the program name first.
+    argv = ["-h"] if module == "tfquant.models.train" else [module, "-h"]
+    assert main.main(argv) == 0
+    out = capsys.readouterr().out
+    for flag in COMMANDS[module]:
+        assert flag in out
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_unknown_flag_is_named(runs, module):
+    done = runs[module, "--bogus_flag=1"]
+    assert done.returncode == 2
+    assert "Unknown command line flag 'bogus_flag'" in done.stderr
+    assert f"python -m {module}" in done.stderr and "--help" in done.stderr
+    for chatter in STARTUP_CHATTER:
+        assert chatter not in done.stderr, done.stderr
+
+
+def _show_on_stderr(message, category, filename, lineno, file=None, line=None):
+    # What Python does outside pytest, which records warnings instead of printing them.
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def test_export_is_quiet_but_user_warnings_are_not(digits, capfd, monkeypatch):
+    (x, _), _ = digits
+    qmodel = compile_model(tfq.quantize_model(digits_cnn(seed=0), tfq.schemes.Multivalued(bits=3)))
+    capfd.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        monkeypatch.setattr(warnings, "showwarning", _show_on_stderr)
+        warnings.warn("the user's warning before the export", UserWarning, stacklevel=1)
+        tfl = export.to_tflite(qmodel, representative_data=x[:16])
+        warnings.warn("the user's warning after the export", UserWarning, stacklevel=1)
+    assert tfl[4:8] == b"TFL3"
+    err = capfd.readouterr().err
+    assert "the user's warning before the export" in err
+    assert "the user's warning after the export" in err
+    for chatter in CONVERTER_CHATTER:
+        assert chatter not in err, err
+
+
+def test_converter_replays_what_is_not_chatter(capfd):
+    capfd.readouterr()
+    with pytest.warns(UserWarning) as caught:
+        with _quiet.converter():
+            os.write(2, b"fully_quantize: 0, inference_type: 6, input_inference_type: INT8\n")
+            os.write(2, b"I0000 00:00:1.5    7 reader.cc:83] Reading SavedModel from: here\n")
+            os.write(2, b"E0000 00:00:1.5    7 convert.cc:9] 'tfl.foo' op is not supported\n")
+            print("a line from Python", file=sys.stderr)
+            warnings.warn(
+                "Statistics for quantized inputs were expected, but not specified; "
+                "continuing anyway.",
+                UserWarning,
+                stacklevel=1,
+            )
+            warnings.warn("a warning of the user's own", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["a warning of the user's own"]
+    err = capfd.readouterr().err
+    assert "'tfl.foo' op is not supported" in err and "a line from Python" in err
+    assert "fully_quantize" not in err and "Reading SavedModel" not in err
+
+
+def test_lines_are_replayed_when_the_conversion_fails(capfd):
+    capfd.readouterr()
+    with pytest.raises(RuntimeError, match="broken"):
+        with _quiet.converter():
+            os.write(2, b"E0000 00:00:1.5    7 convert.cc:9] why it broke\n")
+            raise RuntimeError("broken")
+    assert "why it broke" in capfd.readouterr().err
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "after\n"  # descriptor 2 is stderr again
+
+
+@pytest.mark.parametrize(
+    "orig_argv, expected",
+    [
+        (["python", "-m", "tfquant.export", "--help"], True),
+        (["python", "-mtfquant.demo"], True),
+        (["python", "-W", "ignore", "-m", "tfquant.models.train"], True),
+        (["python", "-m", "pytest", "tests"], False),
+        (["python", "my_script.py", "-m", "tfquant.export"], False),
+        (["python", "-c", "import tfquant"], False),
+    ],
+)
+def test_only_tfquants_own_command_lines_count(orig_argv, expected, monkeypatch):
+    monkeypatch.setattr(sys, "orig_argv", orig_argv)
+    assert _quiet.launched_as_cli() is expected
+
+
+def test_startup_leaves_a_users_program_alone(monkeypatch):
+    monkeypatch.setattr(sys, "orig_argv", ["python", "my_script.py"])
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    with _quiet.startup() as active:
+        assert not active
+    assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+
+
+def test_startup_keeps_the_users_log_level(monkeypatch):
+    monkeypatch.setattr(sys, "orig_argv", ["python", "-m", "tfquant.export"])
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    with _quiet.startup() as active:
+        assert active
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
