@@ -28,24 +28,32 @@ def _states(model):
     return [(w, q, s) for _, w, q, s in quantized_weights(model) if "zero_threshold" in s]
 
 
-class _Recorder(keras.callbacks.Callback):
-    """After every batch (after the schedule): thresholds and zero fractions per layer."""
+class _Snapshots(keras.callbacks.Callback):
+    """Per layer kernel, zero threshold and schedule step, when the epoch starts and after
+    every batch. Listed before GradualPruning in `callbacks` it sees what an update is given;
+    listed after, what the update left."""
 
     def __init__(self):
         super().__init__()
-        self.thresholds, self.zeros, self.pruned = [], [], None
+        self.records = []  # one per event: (schedule step, [(kernel, threshold)] per layer)
+
+    def _record(self):
+        states = _states(self.model)
+        layers = [(k.numpy().copy(), float(s["zero_threshold"].numpy())) for k, _, s in states]
+        self.records.append((int(states[0][2]["schedule_step"].numpy()), layers))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 0:
+            self._record()
 
     def on_train_batch_end(self, batch, logs=None):
-        thresholds, zeros, pruned = [], [], []
-        for kernel, _, state in _states(self.model):
-            values = kernel.numpy()
-            t = float(state["zero_threshold"].numpy())
-            thresholds.append(t)
-            zeros.append(float(np.mean(values == 0)))
-            pruned.append(np.abs(values) <= t)
-        self.thresholds.append(thresholds)
-        self.zeros.append(zeros)
-        self.pruned = pruned
+        self._record()
+
+
+def _rounded_count(sparsity, size):
+    """How many weights an update prunes for `sparsity` at least: the code rounds to a count
+    and keeps one weight outside the interval."""
+    return min(int(round(sparsity * size)), size - 1)
 
 
 def test_schedule_formula():
@@ -60,40 +68,76 @@ def test_zero_interval_grows_to_the_target(float_model, digits):
     targets = {"quant_fc1": 0.9}
     qmodel = _pruned_model(float_model, 0.7, layers={"fc1": {"sparsity": 0.9}})
     pruning = tfq.callbacks.GradualPruning(end_epoch=2, frequency=3, verbose=0)
-    recorder = _Recorder()
-    qmodel.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[pruning, recorder])
-    thresholds = np.array(recorder.thresholds)
+    after = _Snapshots()
+    qmodel.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[pruning, after])
+    thresholds = np.array([[t for _, t in layers] for _, layers in after.records])
     assert np.all(np.diff(thresholds, axis=0) >= 0), "a zero interval shrank"
-    zeros = np.array(recorder.zeros)
-    assert zeros[0].max() < 0.5, "the first batches should prune little (cubic start at 0)"
-    for (wrapper, kernel, quantizer, state), last in zip(
-        quantized_weights(qmodel), recorder.pruned, strict=True
+    first_batch = after.records[1][1]
+    assert max(np.mean(k == 0) for k, _ in first_batch) < 0.5, "cubic start at 0 prunes little"
+    for (wrapper, kernel, quantizer, state), (last, threshold) in zip(
+        quantized_weights(qmodel), after.records[-1][1], strict=True
     ):
         target = targets.get(wrapper.name, 0.7)
         assert quantizer.sparsity == pytest.approx(target)
-        assert np.mean(last) >= target - 0.01, (wrapper.name, np.mean(last))
+        # At end_epoch the interval holds the rounded target count; training afterwards
+        # only lets weights drift into it (pruned ones get no gradient).
+        pruned = np.abs(last) <= threshold
+        assert pruned.sum() >= _rounded_count(target, last.size), (wrapper.name, pruned.mean())
         hard = np.asarray(quantizer.hard_quantize(kernel, state))
         centers = state["centers"].numpy()
         assert 0.0 in centers and np.all(np.isin(hard, centers))
-        assert np.mean(hard == 0) >= target - 0.01
+        np.testing.assert_array_equal(hard == 0, pruned)  # pruned <=> quantized to exactly 0
     assert int(_states(qmodel)[0][2]["schedule_step"].numpy()) == 3 * 8
     assert qmodel.train_function is not None  # the model's own train function is back
 
 
 def test_updates_follow_the_schedule(float_model, digits):
+    """At every update (batch 0, every `frequency` batches, end_epoch) each layer's zero
+    interval holds exactly the schedule's rounded count of the weights it was given (more only
+    by ties, or when the interval already held more: it never shrinks), they become exact
+    zeros, and between updates no pruned weight leaves the interval."""
     x, y = _subset(digits, 128)  # 4 batches of 32 per epoch
     qmodel = _pruned_model(float_model, 0.8)
     pruning = tfq.callbacks.GradualPruning(
         end_epoch=2, begin_epoch=0.5, initial_sparsity=0.1, frequency=2, verbose=0
     )
-    recorder = _Recorder()
-    callbacks = [pruning, recorder]
+    before, after = _Snapshots(), _Snapshots()
+    callbacks = [before, pruning, after]
     qmodel.fit(x, y, epochs=3, batch_size=32, shuffle=False, verbose=0, callbacks=callbacks)
-    # Updates at batches 2, 4, 6, 8 (= end): each pruned at least s(step) of every layer.
-    for step in (2, 4, 6, 8):
-        expected = pruning_sparsity(step, 0.8, 0.1, 2, 8, 3)
-        for zeros in recorder.zeros[step - 1]:
-            assert zeros >= expected - 0.02, (step, zeros, expected)
+    steps = [step for step, _ in after.records]
+    assert steps == list(range(13)) and [step for step, _ in before.records] == steps
+    rose = set()
+    shares = {}  # per layer: zero fraction right after each update
+    for (step, given), (_, left), previous in zip(
+        before.records, after.records, [None, *after.records[:-1]], strict=True
+    ):
+        update = step % 2 == 0  # batches 0, 2, 4, 6, 8 (= end_epoch = 2 * 4), 10, 12
+        sparsity = pruning_sparsity(step, 0.8, 0.1, 2, 8, 3)  # begin 0.5 * 4, end 2 * 4
+        for index, ((kernel, old), (pruned_kernel, threshold)) in enumerate(
+            zip(given, left, strict=True)
+        ):
+            magnitude, size = np.abs(kernel), kernel.size
+            inside = np.abs(pruned_kernel) <= threshold
+            if previous is not None:  # pruned weights stay pruned, before and after an update
+                last_kernel, last_threshold = previous[1][index]
+                assert np.all(np.abs(kernel[np.abs(last_kernel) <= last_threshold]) <= old)
+            if not update:
+                assert threshold == old and np.array_equal(pruned_kernel, kernel), step
+                continue
+            count = _rounded_count(sparsity, size)
+            assert threshold >= (old if step else 0.0), (step, index)
+            assert inside.sum() >= count, (step, index, inside.mean(), sparsity)
+            assert inside.mean() >= sparsity - 0.5 / size  # the rounding, as a fraction
+            if step == 0 or threshold > old:  # t is the count-th smallest |w| it was given
+                rose.add(step)
+                assert (magnitude < threshold).sum() < count <= (magnitude <= threshold).sum()
+            np.testing.assert_array_equal(pruned_kernel == 0, inside)  # interval = exact zeros
+            np.testing.assert_array_equal(pruned_kernel[~inside], kernel[~inside])
+            assert shares.setdefault(index, [0.0])[-1] <= inside.mean(), "sparsity went down"
+            shares[index].append(inside.mean())
+    assert {0, 4, 6, 8} <= rose  # batch 0 sets s_i; the schedule rises over 2 < step <= 8
+    for layer_shares in shares.values():
+        assert layer_shares[1] < 0.1 + 0.05 < 0.8 - 0.05 < layer_shares[-1]
 
 
 def test_last_update_divides_exactly(float_model, digits, monkeypatch):
@@ -196,7 +240,8 @@ def test_ending_before_end_epoch_says_so_and_resumes(float_model, digits, capsys
     assert "before end_epoch" not in capsys.readouterr().out
     for kernel, _, state in _states(qmodel):
         assert state["schedule_step"].numpy() == 8
-        assert np.mean(np.abs(kernel.numpy()) <= state["zero_threshold"].numpy()) >= 0.79
+        pruned = np.abs(kernel.numpy()) <= state["zero_threshold"].numpy()
+        assert pruned.sum() >= _rounded_count(0.8, pruned.size)
 
 
 def test_masked_model_is_refused_before_training(float_model, digits):

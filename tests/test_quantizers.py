@@ -75,8 +75,10 @@ def test_straight_through_gradient(make):
         loss = tf.reduce_sum(quantizer(latent, True, variables) * 3.0)
     gradient = tape.gradient(loss, latent).numpy()
     if isinstance(quantizer, TernaryQuantizer) and quantizer.method == "ttq":
-        # TTQ scales the latent gradient by W_p / 1 / W_n in its three regions.
-        assert np.all(gradient > 0)
+        # TTQ scales the latent gradient by W_p / 1 / W_n in its three regions (TTQ Eq. 8),
+        # the same W_p and W_n the forward pass put out (test_ttq_gradients_follow_the_paper).
+        out = quantizer(latent, True, variables).numpy()
+        np.testing.assert_allclose(gradient, 3.0 * np.where(out == 0, 1.0, np.abs(out)))
     else:
         np.testing.assert_allclose(gradient, np.full_like(kernel, 3.0))
 
@@ -121,16 +123,53 @@ def test_twn_matches_paper_rule():
     np.testing.assert_allclose(out, np.sign(kernel) * above * alpha, rtol=1e-5)
 
 
-def test_ttq_scales_learn_from_gradients():
-    kernel = np.random.default_rng(3).normal(size=(16, 4)).astype(np.float32)
-    quantizer, variables = _prepared(lambda: TernaryQuantizer("ttq"), kernel)
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_ttq_gradients_follow_the_paper(per_channel):
+    """TTQ (Zhu et al. 2017) Eq. 8: dL/dw~ = W_p dL/dw^t where w~ > delta, dL/dw^t where
+    |w~| <= delta, W_n dL/dw^t where w~ < -delta. Eq. 7: the scales get the sums of dL/dw^t
+    over their regions. The paper writes dL/dW_n = +sum over I_n although w^t = -W_n there;
+    tfquant follows the chain rule (-sum), which gradient descent on W_n needs."""
+    rng = np.random.default_rng(3)
+    kernel = rng.normal(size=(12, 4)).astype(np.float32)
+    kernel[:2] *= 0.01  # inside the zero region, |w~| <= delta, in every column
+    upstream = rng.normal(size=kernel.shape).astype(np.float32)  # dL/dw^t, not all equal
+    quantizer, variables = _prepared(lambda: TernaryQuantizer("ttq", per_channel), kernel)
+    columns = kernel.shape[1] if per_channel else 1
+    positive_scale = np.linspace(0.4, 0.7, columns).astype(np.float32)  # W_p != W_n != 1
+    negative_scale = np.linspace(1.9, 1.3, columns).astype(np.float32)
+    variables["positive_scale"].assign(positive_scale)
+    variables["negative_scale"].assign(negative_scale)
+    latent = tf.Variable(kernel)
+    scales = [variables["positive_scale"], variables["negative_scale"]]
     with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(quantizer(tf.constant(kernel), True, variables))
-    grads = tape.gradient(loss, [variables["positive_scale"], variables["negative_scale"]])
-    positives = (kernel > 0.05 * np.abs(kernel).max()).sum()
-    negatives = (kernel < -0.05 * np.abs(kernel).max()).sum()
-    np.testing.assert_allclose(grads[0].numpy(), [positives])
-    np.testing.assert_allclose(grads[1].numpy(), [-negatives])
+        out = quantizer(latent, True, variables)
+        loss = tf.reduce_sum(out * upstream)
+    latent_gradient, positive_gradient, negative_gradient = (
+        g.numpy() for g in tape.gradient(loss, [latent, *scales])
+    )
+    out = out.numpy()
+
+    view = lambda a: a if per_channel else a.reshape(-1, 1)  # noqa: E731  [N, C], C scale groups
+    delta = 0.05 * np.abs(view(kernel)).max(axis=0)  # t * max|w~|, t = 0.05
+    positive, negative = view(kernel) > delta, view(kernel) < -delta
+    assert positive.any(axis=0).all() and negative.any(axis=0).all()
+    assert (~positive & ~negative).any(axis=0).all()  # every region is tested in every group
+    # Forward: W_p / 0 / -W_n, the scales snapped to the int8 grid of max(W_p, W_n).
+    step = np.maximum(positive_scale, negative_scale) / 127
+    forward_positive = np.round(positive_scale / step) * step
+    forward_negative = np.round(negative_scale / step) * step
+    expected = forward_positive * positive - forward_negative * negative
+    np.testing.assert_allclose(view(out), expected, rtol=1e-6)
+    # Eq. 8, with the scales the forward pass used.
+    factor = np.where(positive, forward_positive, np.where(negative, forward_negative, 1.0))
+    np.testing.assert_allclose(view(latent_gradient), view(upstream) * factor, rtol=1e-6)
+    # Eq. 7 (through the straight-through snap, d snapped / d W = 1).
+    np.testing.assert_allclose(
+        positive_gradient, np.where(positive, view(upstream), 0).sum(axis=0), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        negative_gradient, -np.where(negative, view(upstream), 0).sum(axis=0), rtol=1e-5
+    )
 
 
 def test_learned_basis_qem_reduces_error():

@@ -2,6 +2,7 @@
 codebook, kept through fine-tuning, export and the container, positions coded at the entropy
 bound) and `tfq.allocate_bits` (meets its budget, refuses an impossible one)."""
 
+import pathlib
 import re
 import struct
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 import tfquant as tfq
 from tests.conftest import build_quantizer, compile_model
+from tests.scripts.write_old_container import SCHEMES, tiny_model, variable_key
 from tfquant import export
 from tfquant._keras import quantized_weights, tf
 from tfquant.allocation import ANS_SLACK_BYTES, BitPlan, quantize_numpy
@@ -20,6 +22,9 @@ from tfquant.coding.entropy import entropy_of_counts
 from tfquant.coding.stream import varint
 from tfquant.models import digits_cnn
 from tfquant.quantizers import MultivaluedQuantizer
+
+CONTAINERS = pathlib.Path(__file__).parent / "fixtures" / "containers"
+keras = tfq.keras
 
 
 def _hard(qmodel):
@@ -202,17 +207,38 @@ def test_masked_decoder_rejects_garbage_cleanly(data, rows, columns):
     assert decoded.shape == (rows * columns,)
 
 
-@pytest.mark.parametrize("version", [1, 2])
-def test_older_containers_still_read(sparse_model, digits, version):
-    scheme, qmodel, _ = sparse_model
-    # Huffman and float32 biases: no masked record, no float16 one, valid as version 1 and 2.
-    blob = tfq.coding.compress(qmodel, coder="huffman")
-    data = blob.to_bytes()
-    old = data[:8] + struct.pack("<H", version) + data[10:]
-    target = tfq.quantize_model(digits_cnn(seed=7), scheme)
-    tfq.coding.decompress(old, target)
-    x = digits[1][0]
-    np.testing.assert_array_equal(target(x).numpy(), qmodel(x).numpy())
+# Real containers written by older tfquant commits (tests/scripts/write_old_container.py; see
+# tests/fixtures/containers/README.md): name -> (version, scheme in SCHEMES).
+OLD_CONTAINERS = {
+    "v1_huffman": (1, "plain"),  # 97260f1, the first container
+    "v1_ans": (1, "plain"),
+    "v2_ans_masked_early": (2, "sparse"),  # 757d346: coder 2, no center_tuning variable yet
+    "v2_ans_masked_late": (2, "sparse"),  # ec11768 (fe81be6~1), the last version 2 writer
+}
+
+
+@pytest.mark.parametrize("name", sorted(OLD_CONTAINERS))
+def test_older_containers_still_read(name):
+    version, scheme = OLD_CONTAINERS[name]
+    data = (CONTAINERS / f"{name}.tfqc").read_bytes()
+    assert struct.unpack_from("<H", data, 8) == (version,)
+    coders = {layer.coder for layer in tfq.coding.Compressed.from_bytes(data).layers}
+    assert ("ans-masked" in coders) == ("masked" in name)
+    expected = np.load(CONTAINERS / f"{name}.npz")
+    target = tfq.quantize_model(tiny_model(keras), tfq.schemes.Multivalued(**SCHEMES[scheme]))
+    fresh = {variable_key(w): w.numpy() for w in target.weights}
+    tfq.coding.decompress(data, target)
+    restored = {variable_key(w): w.numpy() for w in target.weights}
+    for key in expected.files:
+        np.testing.assert_array_equal(restored[key], expected[key], key)
+    assert not np.array_equal(restored["fc/kernel:0"], fresh["fc/kernel:0"])
+    # Variables added after the writer keep the fresh model's value: center_tuning = 0 (hold).
+    added = set(restored) - set(expected.files)
+    assert added <= {f"quant_{layer}/kernel_center_tuning:0" for layer in ("conv", "fc", "logits")}
+    for key in added:
+        assert restored[key] == fresh[key] == 0.0, key
+    for _, kernel, quantizer, state in quantized_weights(target):
+        np.testing.assert_array_equal(quantizer.hard_quantize(kernel, state), kernel.numpy())
 
 
 def test_float16_biases_take_two_bytes_and_restore_exactly(sparse_model, digits):

@@ -31,7 +31,9 @@ unsigned LEB128.
         restore (version 3).
 
 Records are matched to a model by position, shape and kind (names are only stored for the
-quantized kernels, for the report). Every length, count and index is checked against the
+quantized kernels, for the report); a version 1 or 2 container may lack the multivalued
+quantizers' `center_tuning` variables (added later), which then keep the model's value. Every
+length, count and index is checked against the
 remaining bytes and against limits before anything is allocated; a corrupt, truncated or
 hostile file raises `CompressedFormatError`.
 """
@@ -541,9 +543,10 @@ class Compressed:
       True
     """
 
-    def __init__(self, records, data=None):
+    def __init__(self, records, data=None, version=VERSION):
         self._records = list(records)
         self._data = data
+        self._version = version
         self._layers = None
 
     # -- reading -------------------------------------------------------------------------------
@@ -590,7 +593,7 @@ class Compressed:
         reader = Reader(body, "container")
         records = [_Record.read(reader, max_elements, version) for _ in range(count)]
         reader.expect_end()
-        return cls(records, data)
+        return cls(records, data, version)
 
     # -- writing -------------------------------------------------------------------------------
     def to_bytes(self):
@@ -670,6 +673,8 @@ class Compressed:
         (from `tfq.quantize_model` with the same scheme). See `decompress`."""
         check_keras2_model(model)
         slots = _slots(model)
+        if len(slots) != len(self._records) and self._version < 3:
+            slots = _without_center_tuning(model, slots, len(self._records))
         if len(slots) != len(self._records):
             raise CompressedFormatError(
                 f"the container holds {len(self._records)} variables, the model has "
@@ -691,6 +696,20 @@ class Compressed:
                 slot.variable.assign(old)
             raise
         return model
+
+
+def _without_center_tuning(model, slots, count):
+    """`slots` without the multivalued quantizers' `center_tuning` variables when that makes
+    `count` records fit: every version 1 container and the version 2 ones written before that
+    variable existed hold no record for it. Those variables keep the model's value (0, hold:
+    what the quantizer did before it existed)."""
+    later = {
+        state["center_tuning"].ref()
+        for _, _, _, state in quantized_weights(model)
+        if "center_tuning" in state
+    }
+    kept = [slot for slot in slots if slot.variable.ref() not in later]
+    return kept if len(kept) == count else slots
 
 
 def _check_fits(index, slot, record):
