@@ -1,10 +1,12 @@
 """Full-integer TFLite export of a tfquant QAT model, and the check that proves it exact.
 
-Export recipe (verified on this stack, see DESIGN.md): copy the model, write every kernel's
-hard-quantized values into the copy, switch the copy's tfquant quantizers to export mode
-(kernel constant -> one FakeQuant over a range whose grid holds every trained value) and
-convert with a representative dataset. Per-layer codebooks need the converter's per-channel
-requantization disabled; per-channel codebooks keep it.
+Export recipe: copy the model, write every kernel's hard-quantized values into the copy,
+switch the copy's tfquant quantizers to export mode (the kernel passes unchanged), convert with
+a representative dataset (the converter folds each BatchNorm into the kernel before it and
+quantizes activations with the ranges learned in training), then write the exact kernels into
+the file: the trained integer codes, one scale per output channel (the grid step, times γ/σ
+where a BatchNorm was folded) and the int32 biases at the matching scales (`export.rewrite`).
+Per-layer and per-channel codebooks mix freely in one model.
 """
 
 import contextlib
@@ -18,7 +20,9 @@ import tensorflow_model_optimization as tfmot
 
 from tfquant import _quiet
 from tfquant._keras import check_keras2_model, keras, quantized_activations, quantized_weights, tf
-from tfquant.export.flatbuffer import InvalidTfliteError, stored_tensors, validate
+from tfquant.export.flatbuffer import InvalidTfliteError, validate
+from tfquant.export.folding import exact_kernels
+from tfquant.export.rewrite import filters, hypotheses, parse, segments, write_exact_kernels
 from tfquant.quantizers.base import TfquantQuantizer, check_bool, check_float
 
 _KERNEL_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
@@ -72,20 +76,6 @@ def _check_finite_weights(qmodel):
             )
 
 
-def _granularity(entries):
-    per_channel = {bool(q.per_channel) for _, _, q, _ in entries}
-    if len(per_channel) > 1:
-        layers = {
-            w.name: ("per-channel" if q.per_channel else "per-layer") for w, _, q, _ in entries
-        }
-        raise ValueError(
-            "to_tflite needs all tfquant weight quantizers of a model to be either per-layer "
-            "or per-channel (the converter has one setting for both). Received: "
-            f"{layers}"
-        )
-    return per_channel.pop()
-
-
 def _short_name(variable):
     return variable.name.split("/")[-1].split(":")[0]
 
@@ -98,31 +88,20 @@ def _copy_weights(source, target):
             targets[_short_name(variable)].assign(variable)
 
 
-def export_copy(qmodel, int4=False):
+def export_copy(qmodel):
     """The model the converter sees: a copy whose kernels hold the hard-quantized values and
-    whose tfquant quantizers are in export mode. Returns `(copy, int4_layers)`."""
+    whose tfquant quantizers are in export mode (kernels pass unchanged; LQ-Nets activation
+    quantizers become one FakeQuant on their grid)."""
     with tfmot.quantization.keras.quantize_scope():
         copy = keras.models.clone_model(qmodel)
     _copy_weights(qmodel, copy)
-    int4_layers = []
-    for wrapper, weight, quantizer, quantizer_vars in _tfquant_weights(copy):
+    for _, weight, quantizer, quantizer_vars in _tfquant_weights(copy):
         weight.assign(quantizer.hard_quantize(weight, quantizer_vars))
-        bits = 8
-        if int4:
-            if quantizer.export_exact(weight, quantizer_vars, bits=4):
-                bits = 4
-                int4_layers.append(wrapper.name)
-            else:
-                warnings.warn(
-                    f"Layer {wrapper.name!r}: its codebook is not on a 4-bit grid, so it is "
-                    "exported as int8 (exact) instead of INT4.",
-                    stacklevel=3,
-                )
-        quantizer.prepare_export(weight, quantizer_vars, bits)
+        quantizer.prepare_export(weight, quantizer_vars)
     for _, quantizer, quantizer_vars in quantized_activations(copy):
         if isinstance(quantizer, TfquantQuantizer):
             quantizer.prepare_export(None, quantizer_vars)
-    return copy, int4_layers
+    return copy
 
 
 def to_tflite(qmodel, representative_data, int4=False, int8_io=True, batch_size=None):
@@ -136,9 +115,10 @@ def to_tflite(qmodel, representative_data, int4=False, int8_io=True, batch_size=
       qmodel: a model from `tfq.quantize_model` (trained or not).
       representative_data: float array of inputs, shape (N, *input_shape), N >= 1 (a few
         hundred samples are plenty); the converter requires it for full-integer models.
-      int4: store kernels whose codebook lies on a 4-bit grid (ternary, uniform <= 4 bits) as
-        INT4 (about half the file); others stay int8 with a warning. INT4 is for size, not
-        speed, and not for the Edge TPU.
+      int4: store kernels whose codebook lies on a 4-bit grid (ternary, uniform <= 4 bits,
+        per layer or per channel) as INT4, two codes per byte (about half the file); others
+        stay int8 with a warning naming them. INT4 is for size, not speed, and not for the
+        Edge TPU.
       int8_io: int8 model input and output (default); False keeps float32 input/output with
         quantize/dequantize ops at the edges.
       batch_size: None keeps the model's batch dimension (usually dynamic: the flatbuffer's
@@ -147,6 +127,12 @@ def to_tflite(qmodel, representative_data, int4=False, int8_io=True, batch_size=
 
     Returns:
       The .tflite flatbuffer as bytes.
+
+    A Conv2D or DepthwiseConv2D (or Dense) followed by a BatchNormalization is stored as one
+    op with the BatchNorm folded in: the same trained codes, per-channel scales
+    `step * |gamma / sigma|`. A kernel the converter changed in a way tfquant cannot store
+    exactly (something other than a per-channel factor folded into it) keeps the converter's
+    int8 values, with a warning naming the layer; `check_tflite` then reports it.
 
     A model without tfquant quantizers (a float model, or tfmot's own QAT) is converted with
     the plain full-int8 path and a warning.
@@ -172,8 +158,7 @@ def to_tflite(qmodel, representative_data, int4=False, int8_io=True, batch_size=
             f"Received: {len(data)}"
         )
     if entries:
-        per_channel = _granularity(entries)
-        copy, _ = export_copy(qmodel, int4=int4)
+        copy = export_copy(qmodel)
     else:
         warnings.warn(
             f"qmodel {qmodel.name!r} has no tfquant quantizer (not a model from "
@@ -182,7 +167,7 @@ def to_tflite(qmodel, representative_data, int4=False, int8_io=True, batch_size=
             "not a trained codebook, and int4 is ignored.",
             stacklevel=2,
         )
-        per_channel, copy = True, qmodel
+        copy = qmodel
     step = batch_size or 1
 
     def representative_dataset():
@@ -204,11 +189,32 @@ def to_tflite(qmodel, representative_data, int4=False, int8_io=True, batch_size=
     if int8_io:
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-    if not per_channel:
-        # Otherwise the converter re-quantizes every kernel per output channel and the
-        # per-layer codebook is lost (DESIGN.md, "Facts").
-        converter._experimental_disable_per_channel = True
-    return _quiet.convert(converter)
+    tfl = _quiet.convert(converter)
+    if not entries:
+        return tfl
+    return _write_exact(tfl, copy, int4)
+
+
+def _write_exact(tfl, copy, int4):
+    kernels, not_int4 = exact_kernels(copy, int4=int4)
+    tfl, written = write_exact_kernels(tfl, kernels)
+    done = {w.layer for w in written}
+    missing = [k.layer for k in kernels if k.layer not in done]
+    if missing:
+        warnings.warn(
+            f"The kernels of {missing} are stored as the converter quantized them, not as the "
+            "trained codes: the converter dropped them or folded into them something other than "
+            "a per-channel factor (e.g. a normalization with a factor per input feature). "
+            "check_tflite reports them as not exact.",
+            stacklevel=3,
+        )
+    if not_int4:
+        warnings.warn(
+            f"Layers {not_int4}: their codebooks are not on a 4-bit grid, so they are stored as "
+            "int8 (exact) instead of INT4.",
+            stacklevel=3,
+        )
+    return tfl
 
 
 def write_atomic(data, path):
@@ -234,9 +240,11 @@ class KernelCheck:
     shape: tuple
     codes: int  # distinct integer codes in the flatbuffer tensor
     codebook_size: int
-    max_abs_error: float  # |dequantized TFLite value - trained value|, max over the tensor
+    max_abs_error: float  # |dequantized TFLite value - trained value (folded)|, max
     exact: bool
     stored_type: str = "INT8"  # the flatbuffer's tensor type ("INT4" for packed kernels)
+    fold: str = "none"  # what the file's kernel has folded in: "none", "batchnorm NAME",
+    # or "converter factor" (a per-channel factor the converter folded, e.g. a Rescaling)
 
 
 @dataclasses.dataclass
@@ -251,6 +259,10 @@ class TfliteReport:
     agreement: float
     keras_accuracy: float | None
     tflite_accuracy: float | None
+    # The largest Keras top-2 margin among the samples where TFLite picks another class, in
+    # steps of the file's output quantization (0 when they all agree): a step or two is a
+    # near-tie that integer rounding tipped the other way; more is a real difference.
+    disagreement_margin: float = 0.0
 
     @property
     def ok(self):
@@ -270,16 +282,6 @@ class TfliteReport:
             if not k.exact
         ]
         return out
-
-
-def _tflite_layout(kernel, quantizer):
-    """Keras kernel -> the layout TFLite stores it in."""
-    if quantizer._depthwise:  # [h, w, in, mult] -> [1, h, w, in*mult]
-        h, w = kernel.shape[:2]
-        return kernel.reshape(1, h, w, -1)
-    if kernel.ndim == 4:  # Conv2D [h, w, in, out] -> [out, h, w, in]
-        return kernel.transpose(3, 0, 1, 2)
-    return kernel.T  # Dense [in, out] -> [out, in]
 
 
 @contextlib.contextmanager
@@ -365,12 +367,89 @@ def run_tflite(tfl, inputs, interpreter=None):
     return np.stack(outputs)
 
 
-def _stored_type(stored, detail):
-    tensor = stored.get(detail["index"])
-    if tensor is None or tensor.name != detail["name"]:
-        matches = [t for t in stored.values() if t.name == detail["name"]]
-        tensor = matches[0] if matches else None
-    return tensor.type if tensor is not None else "UNKNOWN"
+def _kernel_check(kernel, candidate, levels):
+    """The `KernelCheck` of `kernel` (an `ExactKernel`) against one file filter: exact when
+    one way of folding (`rewrite.hypotheses`) gives exactly the file's integer codes and, to
+    float32 precision, its scales."""
+    best = None
+    for fold, factor, _, _ in hypotheses(kernel, candidate.values):
+        codes, scales, _ = kernel.stored(factor)
+        expected = kernel.values(factor)
+        error = float(np.max(np.abs(candidate.values - expected))) if expected.size else 0.0
+        exact = (
+            candidate.codes is not None
+            and candidate.scales is not None
+            and np.array_equal(candidate.codes, codes)
+            and np.allclose(candidate.scales, scales, rtol=1e-6, atol=0.0)
+        )
+        if best is None or (exact, -error) > (best[0], -best[1]):
+            best = (exact, error, fold)
+        if exact:
+            break  # the first exact way, in the order tried (BatchNorm, none, estimated)
+    exact, error, fold = best
+    codes = candidate.codes if candidate.codes is not None else candidate.values
+    return KernelCheck(
+        layer=kernel.layer,
+        tflite_tensor=candidate.name,
+        shape=candidate.shape,
+        codes=int(np.unique(codes).size),
+        codebook_size=levels,
+        max_abs_error=error,
+        exact=bool(exact),
+        stored_type=candidate.stored_type,
+        fold=fold,
+    )
+
+
+def _check_kernels(qmodel, found):
+    """`(KernelCheck list, names of tfquant layers whose kernel is not in the file)`."""
+    expected, _ = exact_kernels(qmodel, int4=False, fold=True)
+    four_bit = {k.layer: k for k in exact_kernels(qmodel, int4=True, fold=True)[0] if k.bits == 4}
+    checks, unmatched, used = [], [], set()
+    for kernel in expected:
+        levels = kernel.levels
+        candidates = [
+            (i, f)
+            for i, f in enumerate(found)
+            if i not in used and f.shape == kernel.codes.shape and f.axis == kernel.channel_axis
+        ]
+        named = [(i, f) for i, f in candidates if kernel.layer in segments(f.name)]
+        others = [(i, f) for i, f in candidates if kernel.layer not in segments(f.name)]
+        best = None
+        for i, candidate in named + others:
+            stored_as = (
+                four_bit.get(kernel.layer, kernel) if candidate.stored_type == "INT4" else kernel
+            )
+            check = _kernel_check(stored_as, candidate, levels)
+            if best is None or (check.exact, -check.max_abs_error) > (
+                best[1].exact,
+                -best[1].max_abs_error,
+            ):
+                best = (i, check)
+            if check.exact:
+                break
+        if best is None:
+            unmatched.append(kernel.layer)
+            continue
+        used.add(best[0])
+        checks.append(best[1])
+    return checks, unmatched
+
+
+def _output_step(interpreter):
+    """The quantization step of the file's output (1.0 for a float output)."""
+    (output,) = interpreter.get_output_details()
+    scale = output["quantization"][0]
+    return float(scale) if scale else 1.0
+
+
+def _disagreement_margin(keras_out, disagree, step):
+    """`TfliteReport.disagreement_margin`: max top-2 margin of `keras_out` rows where
+    `disagree`, in units of `step`."""
+    if not np.any(disagree):
+        return 0.0
+    top = np.sort(keras_out[disagree].reshape(int(disagree.sum()), -1), axis=-1)
+    return float(np.max(top[:, -1] - top[:, -2]) / step)
 
 
 def check_tflite(tfl, qmodel, data=None, labels=None, strict=True, min_agreement=0.99):
@@ -378,8 +457,10 @@ def check_tflite(tfl, qmodel, data=None, labels=None, strict=True, min_agreement
 
     Checks: (1) every op computes on integer tensors (float tensors only as constants or at
     float model edges through QUANTIZE/DEQUANTIZE); (2) every tfquant kernel of `qmodel` is
-    found in the flatbuffer, and its dequantized int8 values equal the trained hard-quantized
-    kernel element by element (so the kernel is a subset of the codebook); (3) on `data`,
+    found in the flatbuffer, and its integer codes are exactly the trained codes, with one
+    scale per output channel equal (to float32 precision) to the grid step, times the factor
+    of a BatchNormalization folded into it (`KernelCheck.fold` says which); so the kernel is
+    the trained codebook, folded or not; (3) on `data`,
     TFLite's predicted classes agree with Keras on at least `min_agreement` of the samples.
 
     Args:
@@ -414,61 +495,38 @@ def check_tflite(tfl, qmodel, data=None, labels=None, strict=True, min_agreement
     with litert_errors("could not be read"):
         details = {d["index"]: d for d in interpreter.get_tensor_details()}
         ops = interpreter._get_ops_details()
-    stored = {t.index: t for t in stored_tensors(tfl)}
-    op_names, float_ops, kernel_tensors = [], [], []
+    op_names, float_ops = [], []
     for op in ops:
         name = op["op_name"]
         op_names.append(name)
-        inputs = [i for i in op["inputs"] if i >= 0]
-        outputs = list(op["outputs"])
-        if name in _KERNEL_OPS and len(inputs) > 1:
-            kernel_tensors.append(details[inputs[1]])
         if name in ("QUANTIZE", "DEQUANTIZE"):
             continue
-        if any(details[i]["dtype"] == np.float32 for i in inputs + outputs):
+        tensors = [i for i in op["inputs"] if i >= 0] + list(op["outputs"])
+        if any(details[i]["dtype"] == np.float32 for i in tensors):
             float_ops.append(name)
-
-    kernels, unmatched = [], []
-    used = set()
-    for wrapper, weight, quantizer, quantizer_vars in _tfquant_weights(qmodel):
-        expected = _tflite_layout(
-            np.asarray(quantizer.hard_quantize(weight, quantizer_vars), np.float64), quantizer
-        )
-        step = float(np.min(np.asarray(quantizer.grid_step(weight, quantizer_vars)))) or 1.0
-        match = None
-        for detail in kernel_tensors:
-            if detail["index"] in used or tuple(detail["shape"]) != expected.shape:
-                continue
-            with litert_errors("could not be read"):
-                values, codes = _dequantized(interpreter, detail)
-            error = float(np.max(np.abs(values - expected))) if expected.size else 0.0
-            if error <= 1e-3 * step + 1e-7 or match is None or error < match[1]:
-                match = (detail, error, codes)
-        if match is None:
-            unmatched.append(wrapper.name)
-            continue
-        detail, error, codes = match
-        used.add(detail["index"])
-        kernels.append(
-            KernelCheck(
-                layer=wrapper.name,
-                tflite_tensor=detail["name"],
-                shape=tuple(int(s) for s in detail["shape"]),
-                codes=int(np.unique(codes).size),
-                codebook_size=int(quantizer.levels),
-                max_abs_error=error,
-                exact=error <= 1e-3 * step + 1e-7,
-                stored_type=_stored_type(stored, detail),
-            )
-        )
+    with litert_errors("could not be read"):
+        try:
+            found = filters(parse(tfl))
+        except (ValueError, IndexError, TypeError, KeyError, AttributeError) as error:
+            raise InvalidTfliteError(f"tfl could not be read: {error}") from error
+    kernels, unmatched = _check_kernels(qmodel, found)
 
     agreement, keras_accuracy, tflite_accuracy, samples = 1.0, None, None, 0
+    disagreement_margin = 0.0
     if data is not None:
         samples = len(data)
-        keras_out = qmodel.predict(data, verbose=0, batch_size=256)
+        keras_out = np.concatenate(
+            [
+                np.asarray(qmodel(data[i : i + 256], training=False))
+                for i in range(0, len(data), 256)
+            ]
+        )
         tflite_out = run_tflite(tfl, data)
         keras_pred, tflite_pred = keras_out.argmax(-1), tflite_out.argmax(-1)
         agreement = float(np.mean(keras_pred == tflite_pred))
+        disagreement_margin = _disagreement_margin(
+            keras_out, keras_pred != tflite_pred, _output_step(interpreter)
+        )
         if labels is not None:
             keras_accuracy = float(np.mean(keras_pred == labels))
             tflite_accuracy = float(np.mean(tflite_pred == labels))
@@ -482,6 +540,7 @@ def check_tflite(tfl, qmodel, data=None, labels=None, strict=True, min_agreement
         agreement=agreement,
         keras_accuracy=keras_accuracy,
         tflite_accuracy=tflite_accuracy,
+        disagreement_margin=disagreement_margin,
     )
     failures = report.failures()
     if data is not None and agreement < min_agreement:

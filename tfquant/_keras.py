@@ -101,3 +101,19 @@ def is_annotated(layer):
     )
 
     return isinstance(layer, QuantizeAnnotate)
+
+
+def inbound_layer_names(model):
+    """Layer name -> names of the layers feeding it, from the functional model's config (a
+    layer shared with another model has nodes there too: its own node lists miss that)."""
+    if isinstance(model, keras.Sequential):
+        names = [layer.name for layer in model.layers]
+        return {name: names[i - 1 : i] for i, name in enumerate(names)}
+    inbound = {}
+    for layer in model.get_config()["layers"]:
+        sources = []
+        for node in layer["inbound_nodes"]:
+            node = node["args"] if isinstance(node, dict) else node
+            sources += [item[0] for item in node if isinstance(item, (list, tuple))]
+        inbound[layer["config"]["name"]] = sources
+    return inbound

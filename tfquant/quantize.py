@@ -6,7 +6,13 @@ initialization from the trained weights.
 import numpy as np
 import tensorflow_model_optimization as tfmot
 
-from tfquant._keras import check_keras2_model, is_annotated, keras, quantized_weights
+from tfquant._keras import (
+    check_keras2_model,
+    inbound_layer_names,
+    is_annotated,
+    keras,
+    quantized_weights,
+)
 from tfquant.configs.layer import supported_weight_attribute
 from tfquant.quantizers.base import TfquantQuantizer
 from tfquant.schemes import BoundScheme, Scheme
@@ -120,6 +126,7 @@ def quantize_apply(model, scheme, importance=None):
     if scheme.keep_first_last_8bit:
         layers = _quantizable_layers(model)
         eight_bit = sorted({_unwrap(layers[0]).name, _unwrap(layers[-1]).name}) if layers else []
+    model = _prepare_annotations(model, scheme, eight_bit)
     with tfmot.quantization.keras.quantize_scope():
         qmodel = tfmot.quantization.keras.quantize_apply(model, BoundScheme(scheme, eight_bit))
     initialize_quantizers(qmodel, importance)
@@ -188,6 +195,76 @@ def _annotate_all(model):
         return layer
 
     return keras.models.clone_model(model, clone_function=annotate)
+
+
+def _folded_batchnorms(model):
+    """Names of the BatchNormalization layers that directly follow an annotated Conv2D,
+    DepthwiseConv2D or Dense layer (their one input) and are not annotated themselves."""
+    inbound = inbound_layer_names(model)
+    names = []
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        sources = inbound.get(layer.name, [])
+        if len(sources) != 1:
+            continue
+        source = model.get_layer(sources[0])
+        if is_annotated(source) and supported_weight_attribute(_unwrap(source)):
+            names.append(layer.name)
+    return names
+
+
+def _concatenate_feeders(model):
+    """Names of the annotated Conv2D, DepthwiseConv2D and Dense layers without a config of
+    their own whose output goes straight into a Concatenate: tfmot's Concatenate transform
+    would give them its 8-bit config instead of the scheme's."""
+    names = set()
+    for name, sources in inbound_layer_names(model).items():
+        if not isinstance(_unwrap(model.get_layer(name)), keras.layers.Concatenate):
+            continue
+        for source in sources:
+            layer = model.get_layer(source)
+            if (
+                is_annotated(layer)
+                and supported_weight_attribute(_unwrap(layer))
+                and getattr(layer, "quantize_config", None) is None
+            ):
+                names.add(source)
+    return names
+
+
+def _prepare_annotations(model, scheme, eight_bit):
+    """A copy of `model` annotated the way tfmot's transforms need to give every kernel the
+    scheme's quantizer and fold every BatchNorm (`model` itself if nothing changes):
+
+    - a BatchNormalization after an annotated kernel layer is annotated too, so tfmot's
+      Conv2D + BatchNorm (+ ReLU) transforms see the pattern and put no fake quantization
+      between them, as at inference once the export folds the BatchNorm in
+      (`tfquant.export.folding`);
+    - a kernel layer that feeds a Concatenate gets the scheme's config explicitly.
+    """
+    batchnorms = set(_folded_batchnorms(model))
+    feeders = _concatenate_feeders(model)
+    if not batchnorms and not feeders:
+        return model
+
+    def annotate(layer):
+        if isinstance(layer, keras.layers.InputLayer):
+            return layer.__class__.from_config(layer.get_config())
+        if layer.name in batchnorms:
+            return tfmot.quantization.keras.quantize_annotate_layer(layer)
+        if layer.name in feeders:
+            inner = _unwrap(layer)
+            config = scheme.config_for(inner, inner.name in eight_bit)
+            return tfmot.quantization.keras.quantize_annotate_layer(
+                inner.__class__.from_config(inner.get_config()), quantize_config=config
+            )
+        return layer.__class__.from_config(layer.get_config())
+
+    with tfmot.quantization.keras.quantize_scope():
+        annotated = keras.models.clone_model(model, clone_function=annotate)
+    annotated.set_weights(model.get_weights())
+    return annotated
 
 
 def quantize_annotate_layer(layer, scheme):

@@ -4,8 +4,8 @@ rounding helpers, per-channel views and the export path (kernel constant -> one 
 A tfquant quantizer keeps all of its state in variables created in `build` and computes its
 output as a pure function of them. For export, `tfquant.export.to_tflite` copies the model,
 writes the hard-quantized values into the copy's kernels and switches the copy's quantizers to
-`export` mode, where the output is only `FakeQuant(kernel)` over a range whose int8 grid holds
-every trained value (see `grid_step`), so the converter stores the trained values exactly.
+`export` mode, where the output is the kernel itself; after conversion the exact integer codes
+on the grid of `grid_step` are written into the file.
 """
 
 import numpy as np
@@ -124,7 +124,6 @@ class TfquantQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         self._depthwise = isinstance(inner, keras.layers.DepthwiseConv2D)
         self._shape = tuple(tensor_shape) if tensor_shape is not None else None
         self._export = False
-        self._export_bits = 8
         return self._build_vars(tensor_shape, name, layer)
 
     # -- shape helpers ---------------------------------------------------------------------
@@ -149,36 +148,19 @@ class TfquantQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         return self._quantize(inputs, training, weights)
 
     def prepare_export(self, kernel, weights, bits=8):
-        """Switches this quantizer to export mode with a constant grid for `kernel`.
+        """Switches this quantizer to export mode: its output is the kernel itself.
 
-        In export mode the output is only FakeQuant(kernel) over +-codes * step, with the step
-        frozen now as a constant: the converter must see constant ranges (it does not reliably
-        fold computed ones).
+        The export copy's kernels already hold the hard-quantized values; the converter
+        quantizes them (folding a following BatchNorm first) and `tfquant.export` then writes
+        the exact codes, scales and biases into the file (`export.rewrite`). No FakeQuant is
+        left on the kernel, so nothing stops the converter's folding.
         """
-        codes = export_codes(bits)
-        self._export_step = np.asarray(safe_step(self.grid_step(kernel, weights, codes)))
-        self._export_bits = bits
+        del kernel, weights, bits
         self._export = True
 
     def _export_fake_quant(self, inputs, weights):
-        """Kernel (already holding trained values) -> one FakeQuant whose grid holds them."""
-        codes = export_codes(self._export_bits)
-        bound = codes * tf.constant(self._export_step, tf.float32)
-        if self.per_channel and (len(self._shape) == 2 or self._depthwise):
-            # Dense: a per-channel FakeQuant fails to convert ("tfl.transpose op has mismatched
-            # quantized axes"); DepthwiseConv2D: FakeQuant's channel axis (the multiplier) is
-            # not TFLite's (in * multiplier). Without one, the converter quantizes the kernel
-            # per output channel at max|w_c| / 127: exactly our grid when max|w_c| is a level.
-            return inputs
-        if self.per_channel:
-            # On the kernel itself (channels last): a reshape around the FakeQuant makes the
-            # converter reject the per-channel axis.
-            return tf.quantization.fake_quant_with_min_max_vars_per_channel(
-                inputs, -bound, bound, num_bits=self._export_bits, narrow_range=True
-            )
-        return tf.quantization.fake_quant_with_min_max_vars(
-            inputs, -bound, bound, num_bits=self._export_bits, narrow_range=True
-        )
+        del weights
+        return inputs
 
     def codebook_floats(self):
         """Floats that describe one codebook (one per channel for per-channel quantizers):
