@@ -84,7 +84,7 @@ def build_world(root):
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (32, 8, 8, 1)).astype(np.float32)
     y = rng.integers(0, 10, 32)
-    qmodel = tfq.quantize_model(float_model, schemes.Multivalued(bits=2))
+    qmodel = tfq.quantize_model(float_model, schemes.Multivalued(bits=2, mode="snap"))
     qmodel(x, training=True)
     qmodel.compile("sgd", loss)
     masked = tfq.quantize_model(float_model, schemes.Multivalued(bits=2, mode="masked"))
@@ -238,7 +238,7 @@ CASES = [
     Case("IntervalContraction float model", lambda w: _fit(w.float_model, w.x, w.y, callbacks.IntervalContraction()), ValueError, "model 'tiny'"),
     Case("PartitionRounds float model", lambda w: _fit(w.float_model, w.x, w.y, callbacks.PartitionRounds()), ValueError, "model 'tiny'"),
     Case("IncrementalLayers float model", lambda w: _fit(w.float_model, w.x, w.y, callbacks.IncrementalLayers()), ValueError, "model 'tiny'"),
-    Case("PhaseAdaptation snap model", lambda w: _fit(w.qmodel, w.x, w.y, callbacks.PhaseAdaptation()), ValueError, "mode='masked'"),
+    Case("PhaseAdaptation snap model", lambda w: _fit(w.qmodel, w.x, w.y, callbacks.PhaseAdaptation()), ValueError, "mode='snap'"),
     Case("PartitionRounds unknown layer", lambda w: _fit(w.masked, w.x, w.y, callbacks.IncrementalLayers(order=["nope"])), ValueError, "order=['nope']"),
     Case("epochs_needed keras3", lambda w: callbacks.PartitionRounds().epochs_needed(w.keras3_model), TypeError, "Keras 3"),
     Case("epochs_needed float model", lambda w: callbacks.PhaseAdaptation().epochs_needed(w.float_model), ValueError, "model 'tiny'"),

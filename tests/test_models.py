@@ -13,6 +13,10 @@ ARCHITECTURES = {
     "lenet5": (lambda: models.lenet5(), (28, 28, 1)),
     "resnet20": (lambda: models.resnet20(), (32, 32, 3)),
     "tiny_mobilenet": (lambda: models.tiny_mobilenet(batch_size=None), (32, 32, 3)),
+    "mobilenet_v2": (
+        lambda: models.mobilenet_v2(alpha=0.35, input_shape=(32, 32, 3), classes=10),
+        (32, 32, 3),
+    ),
 }
 SCHEMES = {
     "multivalued": lambda: tfq.schemes.Multivalued(bits=3),
@@ -60,11 +64,13 @@ def test_quantize_train_export(trained_architecture, scheme):
     assert not report.float_ops, (name, scheme, report.float_ops)
     assert not report.unmatched_layers
     assert all(k.exact for k in report.kernels), (name, scheme)
-    if name != "tiny_mobilenet":
-        # Known gap (exporter issue): BatchNorm after a depthwise conv is not folded into the
-        # kernel, so TFLite requantizes the conv output per tensor before BN; on MobileNet
-        # that costs agreement (0.56-1.0 here). Folding needs per-channel scales = BN factor.
+    if name == "mobilenet_v2":
+        # Two steps of training leave this 53-layer net's logits nearly tied: the export
+        # may tip a near-tie, never more (agreement on a trained one: benchmarks/).
+        assert report.disagreement_margin <= 3, (name, scheme, report.disagreement_margin)
+    else:
         assert report.agreement >= 0.9, (name, scheme, report.agreement)
+    assert "MUL" not in report.ops, (name, scheme)  # every BatchNorm folded into a kernel
     keras_out = qmodel.predict(x[:32], verbose=0)
     assert np.ptp(keras_out, axis=0).max() > 0.1, "outputs do not depend on the input"
 
@@ -72,6 +78,34 @@ def test_quantize_train_export(trained_architecture, scheme):
 def test_tiny_mobilenet_is_static_batch_one():
     model = models.tiny_mobilenet()
     assert model.input_shape == (1, 32, 32, 3)
+
+
+def test_mobilenet_v2_is_the_keras_applications_network():
+    model = models.mobilenet_v2(alpha=0.35, input_shape=(32, 32, 3), classes=10)
+    reference = tfq.keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10, classifier_activation=None
+    )
+    assert [type(layer).__name__ for layer in model.layers] == [
+        type(layer).__name__ for layer in reference.layers
+    ]
+    assert [w.shape for w in model.weights] == [w.shape for w in reference.weights]
+    model.set_weights(reference.get_weights())  # so Keras's published weights load too
+    assert model.layers[-1].get_config()["activation"] == "linear"
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"alpha": 0}, "alpha=0"),
+        ({"alpha": "wide"}, "alpha='wide'"),
+        ({"input_shape": (16, 16, 3)}, r"input_shape=\(16, 16, 3\)"),
+        ({"input_shape": (32, 32)}, r"input_shape=\(32, 32\)"),
+        ({"input_shape": (32, 32, 1)}, r"input_shape=\(32, 32, 1\)"),
+    ],
+)
+def test_mobilenet_v2_arguments_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        models.mobilenet_v2(**kwargs)
 
 
 def test_resnet_depth_is_checked():

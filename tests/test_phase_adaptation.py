@@ -189,11 +189,52 @@ def test_bad_arguments(kwargs, error, fragment):
 
 def test_model_without_masked_quantizers_fails_before_training(float_model, digits):
     x, y = _subset(digits, 64)
-    qmodel = compile_model(tfq.quantize_model(float_model, tfq.schemes.Multivalued(bits=2)))
+    scheme = tfq.schemes.Multivalued(bits=2, mode="snap")
+    qmodel = compile_model(tfq.quantize_model(float_model, scheme))
     before = [w.copy() for w in qmodel.get_weights()]
-    with pytest.raises(ValueError, match="mode='masked'"):
+    with pytest.raises(ValueError, match="mode='snap'"):
         qmodel.fit(x, y, epochs=1, verbose=0, callbacks=[tfq.callbacks.PhaseAdaptation()])
     assert all(np.array_equal(a, b) for a, b in zip(before, qmodel.get_weights(), strict=True))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_default_mode_snaps_until_a_schedule_takes_it(float_model, digits, fused):
+    """Default mode "auto": a plain fit snaps every weight; a schedule's fit that follows
+    (reusing the train function traced for snapping, as Keras does) computes exactly as on a
+    model built with mode="masked" in the same state, and ends every weight on a center."""
+    x, y = _subset(digits)
+
+    def build(mode):
+        scheme = tfq.schemes.Multivalued(bits=2, **({"mode": mode} if mode else {}))
+        qmodel = tfq.quantize_model(float_model, scheme)
+        qmodel.compile(keras.optimizers.SGD(0.05), compile_model(qmodel).loss)
+        return qmodel
+
+    default = build(None)
+    default.fit(x, y, epochs=1, batch_size=64, verbose=0, shuffle=False)
+    snapped = default.predict(x[:64], verbose=0)
+    masked = build("masked")
+    masked.set_weights(default.get_weights())
+    assert not np.allclose(snapped, masked.predict(x[:64], verbose=0))  # it did snap
+    histories = []
+    for qmodel in (default, masked):
+        schedule = tfq.callbacks.PhaseAdaptation(fused=fused)
+        history = qmodel.fit(
+            x,
+            y,
+            epochs=schedule.epochs_needed(qmodel),
+            batch_size=64,
+            verbose=0,
+            shuffle=False,
+            callbacks=[schedule, _Recorder()],
+        )
+        histories.append(history.history["loss"])
+    np.testing.assert_allclose(histories[0], histories[1], rtol=1e-5)
+    for wrapper, _, quantizer, _ in quantized_weights(default):
+        assert quantizer.get_config()["mode"] == "masked", wrapper.name
+    for kernel, state in _states(default):
+        assert np.all(state["frozen_mask"].numpy() == 1.0)
+        assert np.all(np.isin(kernel.numpy(), state["centers"].numpy()))
 
 
 def test_unknown_layer_in_order(float_model, digits):

@@ -171,3 +171,26 @@ def test_startup_keeps_the_users_log_level(monkeypatch):
     with _quiet.startup() as active:
         assert active
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+
+
+def test_no_retracing_warning_from_tfquants_level_search(caplog):
+    """Kernels of many shapes trace the XLA level search once each: tfquant keeps TensorFlow's
+    retracing warning about it quiet, and a user's own function still gets the warning."""
+    import logging
+
+    from tfquant._keras import tf
+    from tfquant.quantizers.base import nearest_level
+
+    levels = tf.constant([-1.0, 0.0, 1.0])
+
+    def users_function(values):
+        return values * 2.0
+
+    users_function = tf.function(users_function)
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        for size in range(1, 10):
+            nearest_level(tf.random.normal((size, size + 1)), levels)
+            users_function(tf.zeros((size,)))
+    retracing = [r.getMessage() for r in caplog.records if "retracing" in r.getMessage()]
+    assert not [m for m in retracing if "_nearest_unrolled" in m]
+    assert [m for m in retracing if "users_function" in m]

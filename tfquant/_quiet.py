@@ -139,3 +139,29 @@ def filtered_stderr(is_chatter):
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()
+
+
+class _OwnRetracingFilter:
+    """Drops TensorFlow's "triggered tf.function retracing" warning for the functions named:
+    tfquant's XLA level search traces once per kernel shape by design (a model has several),
+    which is not the mistake the warning is about. Other functions' warnings pass."""
+
+    def __init__(self, names):
+        self.names = tuple(names)
+
+    def filter(self, record):
+        message = record.getMessage()
+        return not (
+            "triggered tf.function retracing" in message
+            and any(f"<function {name} at" in message for name in self.names)
+        )
+
+
+def hide_retracing_warnings(*names):
+    """Keeps the retracing warning of tfquant's own per-shape tf.functions `names` off the
+    `tensorflow` logger (once per process)."""
+    import logging
+
+    logger = logging.getLogger("tensorflow")
+    if not any(isinstance(f, _OwnRetracingFilter) for f in logger.filters):
+        logger.addFilter(_OwnRetracingFilter(names))

@@ -41,11 +41,16 @@ class Division(_Option):
 class Mode(_Option):
     """How a multivalued quantizer treats weights that are not frozen.
 
-    `snap`: every weight snaps to its nearest center (naive quantization, the baseline).
+    `auto` (the default): `snap` until a schedule (`tfq.callbacks.PhaseAdaptation`,
+    `IntervalContraction`, `PartitionRounds`, `IncrementalLayers`) starts on the model; from
+    then on `masked`, the mode the schedule needs.
+    `snap`: every weight snaps to its nearest center from the first step (naive quantization,
+    the baseline); a schedule refuses such a layer.
     `masked`: only weights in the frozen mask snap; the others pass through in full precision
     (used by the schedules, which grow the mask).
     """
 
+    AUTO = "auto"
     SNAP = "snap"
     MASKED = "masked"
 

@@ -123,8 +123,10 @@ class Multivalued(Scheme):
       levels: explicit codebook size in [2, 256]; overrides `bits`.
       division: "kmeans", "linear", "exponential", "hessian_kmeans" (pass `importance` to
         `quantize_model`) or "ecsq" (entropy-constrained, rate weight `entropy_weight`).
-      mode: "snap" (naive: all weights snap now) or "masked" (a schedule freezes weights
-        gradually; see `tfq.callbacks`).
+      mode: "auto" (the default: every weight snaps, as "snap", until a schedule of
+        `tfq.callbacks` starts on the model and turns the layer "masked"), "snap" (naive: all
+        weights snap from the first step; schedules refuse it) or "masked" (a schedule
+        freezes weights gradually; until one runs the weights are float).
       keep_first_last_8bit: see `Scheme` (it wins over `layers` for those two layers).
       entropy_weight: λ of the "ecsq" division, in units of each layer's weight variance.
       sparsity: fraction of each layer's weights in a zero interval that quantizes to exactly
@@ -148,7 +150,7 @@ class Multivalued(Scheme):
         bits=3,
         levels=None,
         division="kmeans",
-        mode="snap",
+        mode="auto",
         keep_first_last_8bit=False,
         entropy_weight=0.1,
         sparsity=0.0,

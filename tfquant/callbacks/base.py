@@ -57,26 +57,40 @@ def multivalued_layers(model, keep):
     return layers, others
 
 
-def masked_multivalued_layers(model, schedule):
-    """The model's multivalued quantizers in `masked` mode, in layer order.
+def masked_multivalued_layers(model, schedule, adopt=False):
+    """The model's multivalued quantizers a schedule can run, in layer order: those in
+    `masked` mode and those in `auto` mode (the default).
+
+    With `adopt` (a schedule starting in `on_train_begin`), the `auto` ones turn `masked` and
+    the model's train, test and predict functions are rebuilt, so the steps of this `fit`
+    compute with the new mode (they would keep the mode they were traced with).
 
     Raises:
       TypeError: not a tf_keras model (e.g. a Keras 3 one).
       ValueError: the model has none (with the fix in the message).
     """
-    layers, others = multivalued_layers(model, lambda q: q.mode is Mode.MASKED)
+    layers, others = multivalued_layers(model, lambda q: q.mode is not Mode.SNAP)
     if not layers:
         snapping = [name for name, q in others if isinstance(q, MultivaluedQuantizer)]
         hint = (
-            f" Its multivalued layers {snapping} snap every weight already: quantize with "
-            "tfq.schemes.Multivalued(..., mode='masked') for a schedule."
+            f" Its multivalued layers {snapping} were quantized with mode='snap' (every "
+            "weight snaps from the first step, the naive baseline): quantize with "
+            "tfq.schemes.Multivalued(...) (mode 'auto', the default) or mode='masked' for a "
+            "schedule."
             if snapping
-            else " Quantize it with tfq.schemes.Multivalued(..., mode='masked') first."
+            else " Quantize it with tfq.schemes.Multivalued(...) first."
         )
         raise ValueError(
-            f"{schedule} needs a model with tfquant multivalued quantizers in 'masked' mode."
-            f"{hint} Received: model {model.name!r}"
+            f"{schedule} needs a model with tfquant multivalued quantizers in 'auto' or "
+            f"'masked' mode.{hint} Received: model {model.name!r}"
         )
+    if adopt:
+        adopted = [layer for layer in layers if layer.quantizer.mode is Mode.AUTO]
+        for layer in adopted:
+            layer.quantizer.mode = Mode.MASKED
+        if adopted:
+            model.train_function = model.make_train_function(force=True)
+            model.test_function = model.predict_function = None
     return layers
 
 

@@ -161,7 +161,7 @@ class IntervalContraction(keras.callbacks.Callback):
         return self.epochs
 
     def on_train_begin(self, logs=None):
-        self._layers = masked_multivalued_layers(self.model, type(self).__name__)
+        self._layers = masked_multivalued_layers(self.model, type(self).__name__, adopt=True)
         self._per_epoch = batches_per_epoch(self)
         self._total = self.epochs * self._per_epoch
         self._guard.watch(self.model, self._layers)

@@ -253,8 +253,8 @@ class PhaseAdaptation(keras.callbacks.Callback):
         return cls(**config)
 
     # -- timeline ----------------------------------------------------------------------------
-    def _ordered(self, model):
-        layers = masked_multivalued_layers(model, type(self).__name__)
+    def _ordered(self, model, adopt=False):
+        layers = masked_multivalued_layers(model, type(self).__name__, adopt)
         if isinstance(self.order, list):
             layers = order_by_names(layers, self.order)
         return layers
@@ -279,7 +279,7 @@ class PhaseAdaptation(keras.callbacks.Callback):
 
     # -- Keras hooks -------------------------------------------------------------------------
     def on_train_begin(self, logs=None):
-        self._layers = self._ordered(self.model)
+        self._layers = self._ordered(self.model, adopt=True)
         self._offset = self._offsets(self._layers)
         self._per_phase = self._units_per_phase()
         self._guard.watch(self.model, self._layers)

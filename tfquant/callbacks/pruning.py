@@ -34,16 +34,20 @@ def pruning_sparsity(step, target, initial, begin, end, power):
 
 
 def prunable_layers(model, schedule):
-    """The model's multivalued quantizers with a zero interval (`sparsity` > 0) in snap mode.
+    """The model's multivalued quantizers with a zero interval (`sparsity` > 0) in snap or
+    auto mode.
 
     Raises:
       TypeError: not a tf_keras model.
       ValueError: the model has none (the message says how to get them).
     """
-    layers, others = multivalued_layers(model, lambda q: q.sparsity > 0 and q.mode is Mode.SNAP)
+    layers, others = multivalued_layers(
+        model, lambda q: q.sparsity > 0 and q.mode is not Mode.MASKED
+    )
     if not layers:
         raise ValueError(
-            f"{schedule} needs a model with tfquant multivalued quantizers in 'snap' mode with "
+            f"{schedule} needs a model with tfquant multivalued quantizers in 'snap' mode (or "
+            "'auto', the default) with "
             "sparsity > 0 (the zero interval it widens): quantize with e.g. "
             "tfq.schemes.Multivalued(bits=3, sparsity=0.9). In 'masked' mode "
             "tfq.callbacks.PhaseAdaptation quantizes the zero interval instead. "

@@ -46,7 +46,9 @@ class _EpochSchedule(keras.callbacks.Callback):
         self._epoch_counted = False
 
     def on_train_begin(self, logs=None):
-        self._layers = self._arrange(masked_multivalued_layers(self.model, type(self).__name__))
+        self._layers = self._arrange(
+            masked_multivalued_layers(self.model, type(self).__name__, adopt=True)
+        )
         self._guard.watch(self.model, self._layers)
         self._after_step.install(self.model, self._hold_all, ())
 

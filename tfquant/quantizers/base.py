@@ -11,6 +11,7 @@ on the grid of `grid_step` are written into the file.
 import numpy as np
 import tensorflow_model_optimization as tfmot
 
+from tfquant import _quiet
 from tfquant._keras import keras, tf
 
 _LEVELS_IN_INT8 = 127  # narrow-range int8 codes are -127..127
@@ -57,6 +58,8 @@ def _nearest_unrolled(values, levels):
 # XLA fuses the unrolled selects into one pass over the weights: ~5x faster than
 # searchsorted + gather on CPU for up to 16 levels (benchmarks/qat_overhead.py).
 _nearest_unrolled_xla = tf.function(_nearest_unrolled, jit_compile=True)
+# One trace per kernel shape is by design: keep TensorFlow's retracing warning about it quiet.
+_quiet.hide_retracing_warnings("_nearest_unrolled")
 
 
 def nearest_level(values, levels):

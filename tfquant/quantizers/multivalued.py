@@ -274,8 +274,10 @@ class MultivaluedQuantizer(TfquantQuantizer):
       levels: explicit codebook size in [2, 256] (e.g. 3 for a ternary-like codebook).
       division: "kmeans" (default), "linear", "exponential", "hessian_kmeans" (needs
         `importance` at `quantize_model`) or "ecsq".
-      mode: "snap" (every weight to its nearest center; the naive baseline) or "masked"
-        (only frozen weights snap; the others pass through for a schedule to adapt).
+      mode: "auto" (the default: "snap" until a schedule of `tfq.callbacks` starts on the
+        model, then "masked"), "snap" (every weight to its nearest center from the first step;
+        the naive baseline, which schedules refuse) or "masked" (only frozen weights snap;
+        the others pass through for a schedule to adapt).
       entropy_weight: λ of the "ecsq" division, in units of the weights' variance.
       sparsity: fraction of the weights in the zero interval, in [0, 1). With sparsity > 0
         (and at least 3 levels) the codebook holds an exact 0 whose interval is [-t, t], t the
@@ -304,7 +306,7 @@ class MultivaluedQuantizer(TfquantQuantizer):
         bits=3,
         levels=None,
         division="kmeans",
-        mode="snap",
+        mode="auto",
         entropy_weight=0.1,
         sparsity=0.0,
     ):
