@@ -4,7 +4,7 @@ from tfquant.models import datasets
 from tfquant.models.classifier import compile_classifier
 from tfquant.models.digits import digits_cnn
 from tfquant.models.lenet import lenet5, lenet300_100
-from tfquant.models.mobilenet import tiny_mobilenet
+from tfquant.models.mobilenet import mobilenet_v2, tiny_mobilenet
 from tfquant.models.resnet import cifar_resnet, resnet20, resnet32
 
 
@@ -27,6 +27,7 @@ __all__ = [
     "resnet20",
     "resnet32",
     "tiny_mobilenet",
+    "mobilenet_v2",
     "pretrained",
     "BASELINES",
     "compile_classifier",

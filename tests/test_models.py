@@ -13,10 +13,6 @@ ARCHITECTURES = {
     "lenet5": (lambda: models.lenet5(), (28, 28, 1)),
     "resnet20": (lambda: models.resnet20(), (32, 32, 3)),
     "tiny_mobilenet": (lambda: models.tiny_mobilenet(batch_size=None), (32, 32, 3)),
-    "mobilenet_v2": (
-        lambda: models.mobilenet_v2(alpha=0.35, input_shape=(32, 32, 3), classes=10),
-        (32, 32, 3),
-    ),
 }
 SCHEMES = {
     "multivalued": lambda: tfq.schemes.Multivalued(bits=3),
@@ -64,12 +60,7 @@ def test_quantize_train_export(trained_architecture, scheme):
     assert not report.float_ops, (name, scheme, report.float_ops)
     assert not report.unmatched_layers
     assert all(k.exact for k in report.kernels), (name, scheme)
-    if name == "mobilenet_v2":
-        # Two steps of training leave this 53-layer net's logits nearly tied: the export
-        # may tip a near-tie, never more (agreement on a trained one: benchmarks/).
-        assert report.disagreement_margin <= 3, (name, scheme, report.disagreement_margin)
-    else:
-        assert report.agreement >= 0.9, (name, scheme, report.agreement)
+    assert report.agreement >= 0.9, (name, scheme, report.agreement)
     assert "MUL" not in report.ops, (name, scheme)  # every BatchNorm folded into a kernel
     keras_out = qmodel.predict(x[:32], verbose=0)
     assert np.ptp(keras_out, axis=0).max() > 0.1, "outputs do not depend on the input"
