@@ -319,3 +319,30 @@ def test_a_folded_layernorm_is_reported_as_an_input_factor(digits):
 def test_output_agreement_round_trip():
     row = tflite_module.OutputAgreement("head", 0.5, 0.4, 0.45, 2.0)
     assert tflite_module.OutputAgreement(**row.get_config()) == row
+
+
+def test_cli_exports_a_two_input_model_from_named_npz_arrays(exported, tmp_path, capsys):
+    import json
+
+    from tfquant.export import cli
+
+    qmodel, _ = exported
+    saved = tmp_path / "saved"
+    qmodel.save(str(saved), save_format="tf")
+    left, right, three, two = _synthetic(100)
+    out, card = tmp_path / "m.tflite", tmp_path / "card.json"
+    args = ["tfquant.export", f"--model={saved}", f"--out={out}", f"--report={card}"]
+    assert cli.main([*args, "--representative=digits"]) == 2
+    assert "pass an .npz file with one array per input" in capsys.readouterr().err
+    assert not out.exists()
+    named = tmp_path / "named.npz"
+    np.savez(named, zeta=left, alpha=right, y_quant_zhead=three, y_quant_ahead=two)
+    assert cli.main([*args, f"--representative={named}"]) == 0
+    written = json.loads(card.read_text())
+    assert written["exact"] and len(written["kernels"]) == 4
+    assert [o["output"] for o in written["outputs"]] == list(qmodel.output_names)
+    assert all(o["keras_accuracy"] is not None for o in written["outputs"])
+    unnamed = tmp_path / "unnamed.npz"
+    np.savez(unnamed, x=left)
+    assert cli.main([*args, "--overwrite", f"--representative={unnamed}"]) == 2
+    assert "missing ['zeta', 'alpha']" in capsys.readouterr().err
