@@ -8,6 +8,7 @@ Nothing is overwritten without --overwrite; files are written atomically.
 """
 
 import collections
+import dataclasses
 import json
 import os
 import sys
@@ -34,7 +35,9 @@ flags.DEFINE_string(
     "representative",
     "digits",
     "Calibration and check data: one of digits, mnist, fashion_mnist, cifar10, or an .npz "
-    "file with an array `x` (inputs) and optionally `y` (integer labels).",
+    "file with an array `x` (inputs) and optionally `y` (integer labels). A model with "
+    "several inputs needs an .npz file with one array per input, named by the input layer "
+    "names (optional labels per output: `y_<output name>`).",
     flag_values=FLAGS,
 )
 flags.DEFINE_integer(
@@ -93,12 +96,19 @@ def _check_flags(values):
         )
 
 
-def representative_data(spec, samples, input_shape):
+def representative_data(spec, samples, input_shape, input_names=None, output_names=None):
     """`(calibration inputs, check inputs, check labels or None)` for a --representative spec.
 
     Calibration data come from the training split and the check data from the test split of a
     named dataset; an .npz file's `x` serves both (and its `y`, if present, as labels).
+
+    A model with several inputs (`input_shape` a list, `input_names` their names) takes an
+    .npz file with one array per input named by its input name; the inputs are then dicts
+    keyed by those names, and the labels (arrays `y_<output name>`, optional) a dict keyed by
+    `output_names`.
     """
+    if isinstance(input_shape, list):
+        return _multi_input_data(spec, samples, input_shape, input_names, output_names or [])
     if spec.endswith(".npz"):
         if not os.path.isfile(spec):
             raise UsageError(f"--representative={spec}: no such file.")
@@ -122,6 +132,38 @@ def representative_data(spec, samples, input_shape):
             f"the model takes {tuple(input_shape)}."
         )
     return calibration, check, labels
+
+
+def _multi_input_data(spec, samples, input_shapes, input_names, output_names):
+    if not spec.endswith(".npz"):
+        raise UsageError(
+            f"--representative={spec}: the model has {len(input_names)} inputs {input_names}; "
+            "pass an .npz file with one array per input, named by the input names."
+        )
+    if not os.path.isfile(spec):
+        raise UsageError(f"--representative={spec}: no such file.")
+    with np.load(spec, allow_pickle=False) as archive:
+        missing = [name for name in input_names if name not in archive]
+        if missing:
+            raise UsageError(
+                f"--representative={spec} must hold one array per model input, named "
+                f"{input_names}. Received arrays: {sorted(archive.files)} (missing {missing})"
+            )
+        inputs = {name: np.asarray(archive[name], np.float32)[:samples] for name in input_names}
+        labels = {
+            name: np.asarray(archive[f"y_{name}"])[:samples]
+            for name in output_names
+            if f"y_{name}" in archive
+        }
+    for name, shape in zip(input_names, input_shapes, strict=True):
+        if tuple(inputs[name].shape[1:]) != tuple(shape):
+            raise UsageError(
+                f"--representative={spec} has input {name!r} of shape "
+                f"{tuple(inputs[name].shape[1:])}, but the model takes {tuple(shape)}."
+            )
+    if len(output_names) == 1:
+        labels = labels.get(output_names[0])
+    return inputs, inputs, labels or None
 
 
 def _codebooks(report, qmodel):
@@ -148,9 +190,19 @@ def export_model(values, print_fn=print):
 
     _check_flags(values)
     qmodel = tfq.load_model(values.model)
+    shapes = [tuple(t.shape[1:]) for t in qmodel.inputs]
     calibration, check, labels = representative_data(
-        values.representative, values.samples, qmodel.input_shape[1:]
+        values.representative,
+        values.samples,
+        shapes if len(shapes) > 1 else shapes[0],
+        list(qmodel.input_names),
+        list(qmodel.output_names),
     )
+    if values.micro and len(shapes) > 1:
+        raise UsageError(
+            f"--micro runs one-input models; the model has {len(shapes)} inputs "
+            f"{list(qmodel.input_names)}."
+        )
     tfl = export.to_tflite(qmodel, representative_data=calibration, int4=values.int4)
     report = export.check_tflite(tfl, qmodel, check, labels, strict=False)
     card = {
@@ -176,6 +228,7 @@ def export_model(values, print_fn=print):
         "codebooks": _codebooks(report, qmodel),
         "check_samples": report.samples,
         "agreement": report.agreement,
+        "outputs": [dataclasses.asdict(o) for o in report.outputs],
         "keras_accuracy": report.keras_accuracy,
         "tflite_accuracy": report.tflite_accuracy,
         "exact": report.ok,

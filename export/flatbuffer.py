@@ -293,6 +293,22 @@ def validate(tfl, max_tensor_bytes=MAX_TENSOR_BYTES):
     return model
 
 
+def read_model(tfl):
+    """The schema object tree (`ModelT`) of `tfl`, after `validate`: the one reader of the
+    whole flatbuffer (`stored_tensors` and `export.rewrite` read through it).
+
+    Raises:
+      TypeError: `tfl` is not bytes. InvalidTfliteError (a ValueError): see `validate`.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    validate(tfl)
+    try:
+        return schema.ModelT.InitFromPackedBuf(bytearray(model_bytes(tfl)), 0)
+    except _READ_ERRORS as error:  # truncated / corrupt
+        raise InvalidTfliteError(f"tfl is not a valid TFLite flatbuffer: {error}") from error
+
+
 def stored_tensors(tfl):
     """The tensors of the model's main subgraph with their stored types.
 
@@ -312,36 +328,31 @@ def stored_tensors(tfl):
       ...     print(error)
       tfl is not a valid TFLite flatbuffer: the file identifier is b'a mo', not b'TFL3'
     """
-    model = validate(tfl)
+    model = read_model(tfl)
     names = _type_names()
-    try:
-        graph = model.Subgraphs(0)
-        out = []
-        for index in range(graph.TensorsLength()):
-            tensor = graph.Tensors(index)
-            buffer = tensor.Buffer()
-            constant = 0
-            if 0 < buffer < model.BuffersLength():
-                record = model.Buffers(buffer)
-                constant = record.DataLength() or int(record.Size())
-            shape = tuple(int(d) for d in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else ()
-            signature = (
-                tuple(int(d) for d in tensor.ShapeSignatureAsNumpy())
-                if tensor.ShapeSignatureLength()
-                else shape
+    out = []
+    for index, tensor in enumerate(model.subgraphs[0].tensors or []):
+        constant = 0
+        if 0 < tensor.buffer < len(model.buffers):
+            record = model.buffers[tensor.buffer]
+            stored = 0 if record.data is None else len(record.data)
+            constant = stored or int(record.size)
+        shape = tuple(int(d) for d in tensor.shape) if tensor.shape is not None else ()
+        signature = (
+            tuple(int(d) for d in tensor.shapeSignature)
+            if tensor.shapeSignature is not None and len(tensor.shapeSignature)
+            else shape
+        )
+        out.append(
+            StoredTensor(
+                index=index,
+                name=(tensor.name or b"").decode("utf-8", "replace"),
+                type=names.get(tensor.type, f"UNKNOWN({tensor.type})"),
+                shape=shape,
+                shape_signature=signature,
+                constant_bytes=int(constant),
             )
-            out.append(
-                StoredTensor(
-                    index=index,
-                    name=(tensor.Name() or b"").decode("utf-8", "replace"),
-                    type=names.get(tensor.Type(), f"UNKNOWN({tensor.Type()})"),
-                    shape=shape,
-                    shape_signature=signature,
-                    constant_bytes=int(constant),
-                )
-            )
-    except _READ_ERRORS as error:  # truncated / corrupt
-        raise InvalidTfliteError(f"tfl is not a valid TFLite flatbuffer: {error}") from error
+        )
     return out
 
 
@@ -363,3 +374,42 @@ def int4_fraction(tfl):
             elements[key] += int(np.prod(tensor.shape)) if tensor.shape else 1
     total = elements["INT4"] + elements["other"]
     return elements["INT4"] / total if total else 0.0
+
+
+def with_metadata(tfl, name, data):
+    """`tfl` with a metadata entry `name` holding `data` (bytes), replacing one of that name.
+
+    Example:
+      >>> try:
+      ...     with_metadata(b"not a model", "tfquant_io", b"{}")
+      ... except InvalidTfliteError as error:
+      ...     print(error)
+      tfl is not a valid TFLite flatbuffer: the file identifier is b'a mo', not b'TFL3'
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = read_model(tfl)
+    key = name.encode("utf-8")
+    entries = [m for m in (model.metadata or []) if m.name != key]
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(bytes(data), np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = key
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [*entries, entry]
+    builder = flatbuffers.Builder(len(tfl) + len(data) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=_IDENTIFIER)
+    return bytes(builder.Output())
+
+
+def metadata(tfl, name):
+    """The bytes of the metadata entry `name` of `tfl`, or None when it has none."""
+    model = read_model(tfl)
+    key = name.encode("utf-8")
+    for entry in model.metadata or []:
+        if entry.name == key and 0 <= entry.buffer < len(model.buffers):
+            data = model.buffers[entry.buffer].data
+            return b"" if data is None else bytes(np.asarray(data, np.uint8))
+    return None

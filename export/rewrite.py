@@ -21,7 +21,7 @@ import dataclasses
 
 import numpy as np
 
-from tfquant.export.flatbuffer import model_bytes
+from tfquant.export.flatbuffer import read_model
 
 _KERNEL_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 #: The first op version that takes INT4 filters (read from the converter's INT4 output).
@@ -196,14 +196,9 @@ class Filter:
     subgraph: object = dataclasses.field(repr=False, default=None)  # schema SubGraphT
 
 
-def parse(tfl):
-    """The schema object tree of `tfl` (`ModelT`)."""
-    return _schema().ModelT.InitFromPackedBuf(bytearray(model_bytes(tfl)), 0)
-
-
 def filters(model):
     """Every constant filter of a CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED of `model`
-    (a `ModelT` from `parse`), in op order."""
+    (a `ModelT` from `flatbuffer.read_model`), in op order."""
     schema = _schema()
     op_names, types = _op_names(schema), _type_names(schema)
     out = []
@@ -287,7 +282,7 @@ def write_exact_kernels(tfl, kernels):
     schema = _schema()
     types = _type_names(schema)
     type_codes = {name: code for code, name in types.items()}
-    model = parse(tfl)
+    model = read_model(tfl)
     users = _buffer_users(model)
     written = []
     for found in filters(model):

@@ -136,7 +136,7 @@ def test_batchnorm_folds_into_exact_kernels(float_network, scheme, digits):
 def test_folded_codes_are_the_trained_codes_per_channel(digits):
     """Reads the file: every folded channel holds exactly the trained integer codes (sign
     flipped where gamma < 0) and the scale step * |gamma / sigma|."""
-    from tfquant.export import folding, rewrite
+    from tfquant.export import flatbuffer, folding, rewrite
 
     (x, y), _ = digits
     keras.utils.set_random_seed(1)
@@ -152,7 +152,7 @@ def test_folded_codes_are_the_trained_codes_per_channel(digits):
     qmodel.fit(x, y, epochs=1, batch_size=64, verbose=0)  # learns the activation ranges
     kernels, _ = folding.exact_kernels(qmodel)
     tfl = export.to_tflite(qmodel, x[:100])
-    filters = rewrite.filters(rewrite.parse(tfl))
+    filters = rewrite.filters(flatbuffer.read_model(tfl))
     first = next(k for k in kernels if k.batchnorm == batchnorm.name)
     found = next(f for f in filters if first.layer in rewrite.segments(f.name))
     factor = first.batchnorm_factor  # the QAT model's BatchNorm (QAT moved its statistics)

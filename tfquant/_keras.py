@@ -103,6 +103,15 @@ def is_annotated(layer):
     return isinstance(layer, QuantizeAnnotate)
 
 
+def is_quantize_layer(layer):
+    """True if `layer` is tfmot's QuantizeLayer (the input quantization point; private)."""
+    from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (
+        QuantizeLayer,
+    )
+
+    return isinstance(layer, QuantizeLayer)
+
+
 def inbound_layer_names(model):
     """Layer name -> names of the layers feeding it, from the functional model's config (a
     layer shared with another model has nodes there too: its own node lists miss that)."""
