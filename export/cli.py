@@ -1,4 +1,4 @@
-"""`python -m tfquant.export`: SavedModel of a tfquant QAT model -> checked integer .tflite and
+"""`python -m tfquant.export`: a saved tfquant QAT model -> checked integer .tflite and
 a JSON model card (sizes, ops, codebooks, exactness, agreement, latency).
 
     python -m tfquant.export --model=qmodel_savedmodel --out=model.tflite \\
@@ -25,7 +25,10 @@ _TARGETS = ("host", "android", "edgetpu")
 # A private flag set: importing this module never touches absl's global FLAGS.
 FLAGS = flags.FlagValues()
 flags.DEFINE_string(
-    "model", None, "SavedModel directory of a tfquant QAT model.", flag_values=FLAGS
+    "model",
+    None,
+    "A saved tfquant QAT model: SavedModel directory, .keras or .h5 file.",
+    flag_values=FLAGS,
 )
 flags.DEFINE_string("out", None, "Path of the .tflite file to write.", flag_values=FLAGS)
 flags.DEFINE_bool(
@@ -70,7 +73,9 @@ class UsageError(ValueError):
 
 def _check_flags(values):
     if not values.model:
-        raise UsageError("--model is required: the SavedModel directory of a QAT model.")
+        raise UsageError(
+            "--model is required: a saved QAT model (SavedModel directory, .keras or .h5 file)."
+        )
     if not values.out:
         raise UsageError("--out is required: the path of the .tflite file to write.")
     for name in ("out", "report"):

@@ -3,8 +3,13 @@
 tfmot's quantization API only works with Keras 2, so ``TF_USE_LEGACY_KERAS=1`` must be set
 before TensorFlow resolves ``tf.keras``. Importing tfquant first does that; if TensorFlow
 already resolved Keras 3, we stop with an error that says how to fix it.
+
+Importing tfquant also makes saved QAT models loadable (`_make_quantized_models_loadable`): it
+registers tfmot's quantization classes with Keras and fixes two tfmot build bugs that made
+`.keras` and `.h5` files of QAT models unreadable.
 """
 
+import functools
 import os
 
 _FIX = (
@@ -49,14 +54,18 @@ def check_keras2_model(model, argument="model"):
                 f"{argument} must be a built model: call it on data or give it an Input "
                 f"first. Received: unbuilt {type(model).__name__} {model.name!r}"
             )
+        _check_not_revived(model, argument)
         return
     module = type(model).__module__
     if module.startswith("keras"):
         raise TypeError(
             f"{argument} is a Keras 3 model ({type(model).__name__} from {module}); "
-            f"tfquant works on Keras 2 models built with `tfq.keras` (tf_keras). "
-            f"Rebuild it with `keras = tfquant.keras`, or save it and reload it with "
-            f"tfquant.keras.models.load_model. Received: {argument}={type(model)}"
+            f"tfquant works on Keras 2 models built with `tfq.keras` (tf_keras), and tf_keras "
+            f"cannot read Keras 3 files. Fix: build the same architecture with "
+            f"`keras = tfquant.keras` and copy the weights over, "
+            f"`keras2_model.set_weights({argument}.get_weights())` (same layers in the same "
+            f"order), or train it with tfquant.keras from the start. "
+            f"Received: {argument}={type(model)}"
         )
     raise TypeError(
         f"{argument} must be a tf_keras Model (use `tfquant.keras`). "
@@ -64,7 +73,106 @@ def check_keras2_model(model, argument="model"):
     )
 
 
+def _check_not_revived(model, argument):
+    """Raises ValueError if `model` holds Keras's generic stand-ins for tfmot's layers.
+
+    `keras.models.load_model(dir)` on a SavedModel revives a layer whose class it cannot find
+    as a generic layer of the same name: it still predicts, but its quantizers are gone, and an
+    export would silently fall back to plain int8.
+    """
+    from tf_keras.src.saving.legacy.saved_model.load import RevivedLayer
+
+    def layers(model):
+        for layer in model.layers:
+            yield layer
+            if isinstance(layer, keras.Model):
+                yield from layers(layer)
+
+    names = _quantization_objects()
+    revived = [
+        layer.name
+        for layer in layers(model)
+        if isinstance(layer, RevivedLayer) and type(layer).__name__ in names
+    ]
+    if revived:
+        raise ValueError(
+            f"{argument} was loaded without tfmot's and tfquant's classes: its layers "
+            f"{revived[:3]} are Keras's generic revived copies of tfmot layers, whose quantizers "
+            "are lost. Fix: load it with tfq.load_model(path) (or `import tfquant` before "
+            "loading it with keras.models.load_model). "
+            f"Received: {argument} {model.name!r} with revived layers"
+        )
+
+
 __all__ = ["keras", "tf", "check_keras2_model"]
+
+
+@functools.cache
+def _quantization_objects():
+    """tfmot's quantization classes by the names its `quantize_scope` gives them."""
+    import tensorflow_model_optimization as tfmot
+
+    objects = {}
+    for scope_objects in tfmot.quantization.keras.quantize_scope().custom_objects:
+        objects.update(scope_objects)
+    return objects
+
+
+def _make_quantized_models_loadable():
+    """Lets every Keras 2 format load a QAT model back; runs once, when tfquant is imported.
+
+    Three changes, each to tfmot or to Keras's registry of custom objects (not to Keras code):
+
+    - tfmot's quantization classes (`QuantizeWrapperV2`, `QuantizeLayer`, its quantizers and
+      configs) are registered with Keras under the names `quantize_scope` gives them, unless a
+      class is already registered under that name. Without this, `keras.models.load_model`
+      outside `quantize_scope()` fails on `.keras` / `.h5` files and, worse, turns a SavedModel's
+      wrappers into generic revived layers whose quantizers are None.
+    - `QuantizeLayer.build_from_config` marks the layer built. tfmot's `QuantizeLayer.build` does
+      not, so the `.keras` loader built it twice (once from the saved build config, once when
+      the functional model called it) and then refused the file: "expected 5 variables, but
+      received 3".
+    - `QuantizeWrapperV2.build` builds the wrapped layer first. tfmot's collects the wrapped
+      layer's weights before building it, so a wrapper rebuilt from its config (any loaded
+      model) listed a trainable quantizer variable (TTQ scales, LQ-Nets bases) before the
+      kernel: `.h5` and `.keras` files, which store weights by position, then failed to load
+      ("Cannot assign value to variable ... kernel_positive_scale: Shape mismatch").
+    """
+    from tensorflow_model_optimization.python.core.quantization.keras import (
+        quantize_layer,
+        quantize_wrapper,
+    )
+
+    custom_objects = keras.utils.get_custom_objects()
+    for name, cls in _quantization_objects().items():
+        custom_objects.setdefault(name, cls)
+
+    layer_class = quantize_layer.QuantizeLayer
+    if not getattr(layer_class.build_from_config, "_tfquant", False):
+
+        def build_from_config(self, config):
+            if not self.built and config.get("input_shape") is not None:
+                self.build(tf.TensorShape(config["input_shape"]))
+                self.built = True
+
+        build_from_config._tfquant = True
+        layer_class.build_from_config = build_from_config
+
+    wrapper_class = quantize_wrapper.QuantizeWrapperV2
+    if not getattr(wrapper_class.build, "_tfquant", False):
+        tfmot_build = wrapper_class.build
+
+        def build(self, input_shape):
+            if not self.layer.built:
+                self.layer.build(input_shape)
+                self.layer.built = True
+            tfmot_build(self, input_shape)
+
+        build._tfquant = True
+        wrapper_class.build = build
+
+
+_make_quantized_models_loadable()
 
 
 def quantized_weights(model):

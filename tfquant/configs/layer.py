@@ -70,7 +70,11 @@ class LayerQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
         return []
 
     def get_config(self):
-        serialize = keras.utils.serialize_keras_object
+        # The format tfmot's QuantizeWrapper uses for this config itself (Keras's legacy
+        # `{"class_name": "tfquant>...", "config": ...}`): SavedModel, `.h5` and `.keras`
+        # loading all read it back, whereas the newer format written by
+        # `keras.utils.serialize_keras_object` is not understood by the `.h5` loader.
+        serialize = keras.utils.legacy.serialize_keras_object
         return {
             "weight_attribute": self.weight_attribute,
             "weight_quantizer": serialize(self.weight_quantizer),
@@ -79,11 +83,10 @@ class LayerQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
 
     @classmethod
     def from_config(cls, config):
-        deserialize = keras.utils.deserialize_keras_object
         config = dict(config)
         with tfmot.quantization.keras.quantize_scope():
             for key in ("weight_quantizer", "activation_quantizer"):
-                config[key] = deserialize(config[key])
+                config[key] = _deserialize_quantizer(config[key])
         return cls(**config)
 
     def __eq__(self, other):
@@ -96,3 +99,12 @@ class LayerQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
 
     def __ne__(self, other):
         return not self.__eq__(other)
+
+
+def _deserialize_quantizer(config):
+    """A quantizer from its serialized config, in the legacy format `get_config` writes or the
+    newer one (`module`, `registered_name`) that tfquant wrote before."""
+    if isinstance(config, dict) and "registered_name" in config:
+        name = config.get("registered_name") or config["class_name"]
+        config = {"class_name": name, "config": config.get("config", {})}
+    return keras.utils.legacy.deserialize_keras_object(config)
