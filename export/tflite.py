@@ -25,7 +25,6 @@ from tfquant.export.folding import exact_kernels
 from tfquant.export.rewrite import filters, hypotheses, parse, segments, write_exact_kernels
 from tfquant.quantizers.base import TfquantQuantizer, check_bool, check_float
 
-_KERNEL_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 # Ops that move or reinterpret int8 data without arithmetic on floats.
 _INTEGER_TYPES = (np.int8, np.uint8, np.int16, np.int32, np.int64, np.bool_)
 
@@ -63,8 +62,25 @@ def check_input_data(data, shape, name="representative_data", against="the model
     return data
 
 
+def _input_dtype(model):
+    """The NumPy dtype of `model`'s (first) input: float32, or an integer type for token ids."""
+    dtype = model.inputs[0].dtype if getattr(model, "inputs", None) else tf.float32
+    return np.dtype(dtype.as_numpy_dtype) if dtype.is_integer else np.dtype(np.float32)
+
+
 def _check_representative(data, model, name="representative_data"):
-    return check_input_data(data, model.input_shape[1:], name)
+    """`check_input_data`, then, for a model whose input is integer (token ids), the values
+    as that integer type (they must be whole numbers)."""
+    data = check_input_data(data, model.input_shape[1:], name)
+    dtype = _input_dtype(model)
+    if dtype.kind in "iu":
+        if not np.array_equal(data, np.round(data)):
+            raise ValueError(
+                f"{name} must hold whole numbers: the model input is {dtype.name} (token ids). "
+                "Received: fractional values"
+            )
+        data = data.astype(dtype)
+    return data
 
 
 def _check_finite_weights(qmodel):
@@ -210,8 +226,9 @@ def _write_exact(tfl, copy, int4):
         )
     if not_int4:
         warnings.warn(
-            f"Layers {not_int4}: their codebooks are not on a 4-bit grid, so they are stored as "
-            "int8 (exact) instead of INT4.",
+            f"Layers {not_int4}: their codebooks are not on a 4-bit grid (or they are a "
+            "Conv2DTranspose or an Embedding, which tfquant stores as int8), so they are stored "
+            "as int8 (exact) instead of INT4.",
             stacklevel=3,
         )
     return tfl
