@@ -147,6 +147,7 @@ def _apply(model, scheme, importance):
     _check_scheme(scheme)
     _check_graph_model(model)
     _check_finite(model)
+    _check_embedding_inputs(model)
     _check_importance(importance, model, scheme)
     eight_bit = []
     if scheme.keep_first_last_8bit:
@@ -236,7 +237,6 @@ def quantize_model(model, scheme, importance=None):
             f"model has no layer tfquant can quantize ({_SUPPORTED}). "
             f"Received: layers {[type(layer).__name__ for layer in model.layers]}"
         )
-    _check_embedding_inputs(model)
     already_annotated = any(is_annotated(layer) for layer in model.layers)
     annotated = model if already_annotated else _annotate_all(model, scheme)
     qmodel = _apply(annotated, scheme, importance)
@@ -428,8 +428,9 @@ def _float_reason(layer, scheme):
         )
     if isinstance(layer, keras.layers.BatchNormalization):
         return (
-            f"{kind} not directly after a Conv2D, DepthwiseConv2D or Dense: not folded into a "
-            "kernel in training; the converter computes it with int8 ops or folds it itself"
+            f"{kind}: tfmot folds a BatchNormalization into the kernel only directly after a "
+            "Conv2D, DepthwiseConv2D or Dense; this one stays float in training and the file "
+            "computes it as int8 MUL and ADD"
         )
     return (
         f"{kind}: neither tfquant nor tfmot quantizes this layer type; the converter rounds "
