@@ -21,7 +21,7 @@ import tensorflow_model_optimization as tfmot
 from tfquant import _quiet
 from tfquant._keras import check_keras2_model, keras, quantized_activations, quantized_weights, tf
 from tfquant.export.flatbuffer import InvalidTfliteError, validate
-from tfquant.export.folding import exact_kernels
+from tfquant.export.folding import INT8_ONLY, exact_kernels, layer_kind
 from tfquant.export.rewrite import filters, hypotheses, parse, segments, write_exact_kernels
 from tfquant.quantizers.base import TfquantQuantizer, check_bool, check_float
 
@@ -224,11 +224,19 @@ def _write_exact(tfl, copy, int4):
             "check_tflite reports them as not exact.",
             stacklevel=3,
         )
+    int8_only = [name for name in not_int4 if layer_kind(copy.get_layer(name)) in INT8_ONLY]
+    off_grid = [name for name in not_int4 if name not in int8_only]
     if not_int4:
+        reasons = []
+        if off_grid:
+            reasons.append(f"{off_grid}: their codebooks are not on a 4-bit grid")
+        if int8_only:
+            reasons.append(
+                f"{int8_only}: Conv2DTranspose (TRANSPOSE_CONV) and Embedding (GATHER) "
+                "kernels are always stored as int8 by tfquant"
+            )
         warnings.warn(
-            f"Layers {not_int4}: their codebooks are not on a 4-bit grid (or they are a "
-            "Conv2DTranspose or an Embedding, which tfquant stores as int8), so they are stored "
-            "as int8 (exact) instead of INT4.",
+            f"Layers {'; '.join(reasons)}. They are stored as int8 (exact) instead of INT4.",
             stacklevel=3,
         )
     return tfl

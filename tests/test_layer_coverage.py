@@ -178,6 +178,29 @@ def test_new_layer_types_export_exactly(float_model, scheme_name):
     assert ops[name] in report.ops, report.ops
 
 
+@pytest.mark.parametrize("name", ["conv1d", "transpose"])
+def test_int4_export(name):
+    """Conv1D kernels (CONV_2D) go to INT4 like Conv2D; Conv2DTranspose kernels stay int8,
+    and the warning says why."""
+    keras.utils.set_random_seed(7)
+    x, y = _data(name, count=256)
+    qmodel = _compile(tfq.quantize_model(MODELS[name](), tfq.schemes.Ternary()), 1e-3)
+    qmodel.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tfl = export.to_tflite(qmodel, x[:100], int4=True)
+    report = export.check_tflite(tfl, qmodel, strict=False)
+    assert report.ok, report.failures()
+    stored = {k.layer: k.stored_type for k in report.kernels}
+    notices = [str(w.message) for w in caught if "instead of INT4" in str(w.message)]
+    if name == "conv1d":
+        assert stored == {"quant_conv1d": "INT4", "quant_head": "INT4"} and not notices
+    else:
+        assert stored == {"quant_transpose": "INT8", "quant_head": "INT4"}
+        (notice,) = notices
+        assert "['quant_transpose']: Conv2DTranspose (TRANSPOSE_CONV)" in notice
+
+
 def test_transpose_codebook_is_per_output_channel():
     """A Conv2DTranspose kernel is [h, w, out, in]: per-channel quantizers must scale its
     output channels (axis -2), the axis TFLite's TRANSPOSE_CONV quantizes."""
