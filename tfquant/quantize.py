@@ -438,7 +438,7 @@ def _float_reason(layer, scheme):
     )
 
 
-def float_layers(qmodel, scheme):
+def _float_layers(qmodel, scheme):
     """`(name, reason)` for every layer of `qmodel` (quantized with `scheme`) that has weights
     and no quantizer."""
     out = []
@@ -452,7 +452,7 @@ def float_layers(qmodel, scheme):
 
 
 def _warn_float_layers(qmodel, scheme):
-    found = float_layers(qmodel, scheme)
+    found = _float_layers(qmodel, scheme)
     if found:
         warnings.warn(
             "tfquant leaves these layers float: "

@@ -31,8 +31,9 @@ class Scheme(tfmot.quantization.keras.QuantizeScheme):
     """Base class of tfquant schemes; use `Multivalued`, `Ternary`, `LearnedBasis`, `Uniform`.
 
     Args:
-      keep_first_last_8bit: quantize the first and last Conv/Dense layer of the model with
-        8-bit uniform weights instead (the LQ-Nets / TWN convention).
+      keep_first_last_8bit: quantize the first and last quantized layer of the model with
+        8-bit uniform weights instead (the LQ-Nets / TWN convention); on a model with at most
+        two quantized layers that is all of them, and `quantize_model` warns.
     """
 
     #: Export granularity of the weight quantizers (and of the 8-bit first/last layers).
@@ -107,8 +108,7 @@ class Scheme(tfmot.quantization.keras.QuantizeScheme):
 
 
 class _Registry(_default_8bit.Default8BitQuantizeRegistry):
-    """tfmot's 8-bit registry with tfquant configs for the layers `supported_weight_attribute`
-    names."""
+    """tfmot's 8-bit registry with tfquant configs for the layers `Scheme.quantizes` accepts."""
 
     def __init__(self, scheme, eight_bit_layers):
         super().__init__(disable_per_axis=not scheme.per_channel)
@@ -164,7 +164,8 @@ class _FloatInputLayerQuantize(_transforms.InputLayerQuantize):
 
 
 class _LayoutTransform(_default_8bit.Default8BitQuantizeLayoutTransform):
-    """tfmot's default 8-bit layout transforms, with `_NamedSeparableConvQuantize`."""
+    """tfmot's default 8-bit layout transforms, with `_NamedSeparableConvQuantize` and
+    `_FloatInputLayerQuantize` in place of tfmot's own two."""
 
     def apply(self, model, layer_quantize_map):
         transforms = [
