@@ -20,7 +20,8 @@ from tfquant.quantizers.base import TfquantQuantizer, export_codes, safe_step
 @dataclasses.dataclass
 class ExactKernel:
     """One quantized Keras kernel and what it must become in the .tflite file: integer codes
-    in TFLite's layout (output channel first for Conv2D and Dense, last for DepthwiseConv2D),
+    in TFLite's layout (output channel first for Conv1D, Conv2D, Conv2DTranspose and Dense,
+    last for DepthwiseConv2D; an Embedding's table as it is, one scale for all of it),
     one grid step per output channel, its bias, and the affine map of the BatchNormalization
     that follows it (if any), which `stored` folds in.
 
@@ -105,13 +106,40 @@ class ExactKernel:
         }
 
 
-def tflite_layout(kernel, depthwise):
-    """Keras kernel -> the layout TFLite stores it in (output channel first, depthwise last)."""
-    if depthwise:  # [h, w, in, mult] -> [1, h, w, in*mult]
+def layer_kind(layer):
+    """How TFLite stores `layer`'s quantized weight: "depthwise", "transposed"
+    (Conv2DTranspose), "table" (Embedding), or "kernel" (Conv1D, Conv2D, Dense)."""
+    layer = _inner(layer)
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return "depthwise"
+    if isinstance(layer, keras.layers.Conv2DTranspose):
+        return "transposed"
+    if isinstance(layer, keras.layers.Embedding):
+        return "table"
+    return "kernel"
+
+
+def tflite_layout(kernel, kind):
+    """Keras kernel -> the layout TFLite stores it in (output channel first, depthwise last).
+
+    `kind` is `layer_kind(layer)` (True / False: depthwise or not, the older form).
+
+    >>> tflite_layout(np.zeros((3, 2, 5)), "kernel").shape  # Conv1D: CONV_2D [out, 1, k, in]
+    (5, 1, 3, 2)
+    >>> tflite_layout(np.zeros((3, 3, 5, 2)), "transposed").shape  # TRANSPOSE_CONV [out, h, w, in]
+    (5, 3, 3, 2)
+    """
+    if kind is True or kind == "depthwise":  # [h, w, in, mult] -> [1, h, w, in*mult]
         h, w = kernel.shape[:2]
         return kernel.reshape(1, h, w, -1)
+    if kind == "table":  # Embedding [vocab, dim]: GATHER's params as they are
+        return kernel
+    if kind == "transposed":  # Conv2DTranspose [h, w, out, in] -> [out, h, w, in]
+        return kernel.transpose(2, 0, 1, 3)
     if kernel.ndim == 4:  # Conv2D [h, w, in, out] -> [out, h, w, in]
         return kernel.transpose(3, 0, 1, 2)
+    if kernel.ndim == 3:  # Conv1D [k, in, out] -> CONV_2D [out, 1, k, in]
+        return kernel.transpose(2, 0, 1)[:, None]
     return kernel.T  # Dense [in, out] -> [out, in]
 
 
@@ -164,10 +192,15 @@ def batchnorm_affine(batchnorm):
     return factor, offset
 
 
-def _bits(quantizer, kernel, quantizer_vars, int4):
-    if int4 and quantizer.export_exact(kernel, quantizer_vars, bits=4):
+def _bits(quantizer, kernel, quantizer_vars, int4, kind):
+    # TRANSPOSE_CONV and GATHER are given int8 filters only (their INT4 support is untested).
+    if int4 and kind not in INT8_ONLY and quantizer.export_exact(kernel, quantizer_vars, bits=4):
         return 4
     return 8
+
+
+#: Layer kinds (`layer_kind`) stored as int8 even when `int4` asks for INT4.
+INT8_ONLY = ("transposed", "table")
 
 
 def exact_kernels(qmodel, int4=False, fold=True):
@@ -180,7 +213,8 @@ def exact_kernels(qmodel, int4=False, fold=True):
 
     Returns:
       `(kernels, not_int4)`: the list, and the names of layers that `int4` could not store
-      in 4 bits (their codebook is not on a 4-bit grid).
+      in 4 bits (their codebook is not on a 4-bit grid, or they are a Conv2DTranspose or an
+      Embedding, which are stored as int8).
     """
     kernels, not_int4 = [], []
     consumers_of = consumers(qmodel) if fold else {}
@@ -188,16 +222,16 @@ def exact_kernels(qmodel, int4=False, fold=True):
         if not isinstance(quantizer, TfquantQuantizer):
             continue
         hard = quantizer.hard_quantize(weight, quantizer_vars)
-        bits = _bits(quantizer, weight, quantizer_vars, int4)
+        kind = layer_kind(wrapper)
+        bits = _bits(quantizer, weight, quantizer_vars, int4, kind)
         if int4 and bits == 8:
             not_int4.append(wrapper.name)
         step = np.asarray(
             safe_step(quantizer.grid_step(weight, quantizer_vars, export_codes(bits))),
             np.float64,
         )
-        depthwise = bool(quantizer._depthwise)
-        hard = tflite_layout(np.asarray(hard, np.float64), depthwise)
-        axis = hard.ndim - 1 if depthwise else 0
+        hard = tflite_layout(np.asarray(hard, np.float64), kind)
+        axis = hard.ndim - 1 if kind == "depthwise" else 0
         channels = hard.shape[axis]
         steps = np.broadcast_to(step.reshape(-1), (channels,)).astype(np.float64)
         view = [1] * hard.ndim
@@ -207,7 +241,7 @@ def exact_kernels(qmodel, int4=False, fold=True):
         bias = None
         if getattr(inner, "use_bias", False) and getattr(inner, "bias", None) is not None:
             bias = np.asarray(inner.bias.numpy(), np.float64).reshape(-1)
-        batchnorm = following_batchnorm(wrapper, consumers_of) if fold else None
+        batchnorm = following_batchnorm(wrapper, consumers_of) if fold and kind != "table" else None
         factor, offset = batchnorm_affine(batchnorm) if batchnorm is not None else (None, None)
         kernels.append(
             ExactKernel(

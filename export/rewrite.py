@@ -1,7 +1,10 @@
-"""Writes the exact kernels into a converted .tflite: for every CONV_2D, DEPTHWISE_CONV_2D and
-FULLY_CONNECTED whose filter comes from a tfquant kernel, the trained integer codes (int8, or
-INT4 packed two per byte), one scale per output channel, and the int32 bias at the matching
-scale (input scale × channel scale), through the flatbuffer schema's own object API.
+"""Writes the exact kernels into a converted .tflite: for every CONV_2D, DEPTHWISE_CONV_2D,
+FULLY_CONNECTED and TRANSPOSE_CONV whose filter comes from a tfquant kernel, and every GATHER
+whose table comes from a tfquant Embedding, the trained integer codes (int8, or INT4 packed two
+per byte), one scale per output channel, and the int32 bias at the matching scale (input scale
+× channel scale), through the flatbuffer schema's own object API. (A Conv1D is a CONV_2D
+between reshapes; a Dense on 3-D inputs a FULLY_CONNECTED between reshapes, its bias a
+separate ADD; a GATHER's output takes its table's scale.)
 
 Why after conversion: the converter folds BatchNorm (and any per-channel constant factor such
 as a Rescaling) into the kernel, but then re-quantizes the folded floats per channel at
@@ -23,7 +26,15 @@ import numpy as np
 
 from tfquant.export.flatbuffer import read_model
 
-_KERNEL_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+_KERNEL_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "GATHER")
+#: Op -> (filter input, data input, bias input); None where the op has no such input.
+_INPUTS = {
+    "CONV_2D": (1, 0, 2),
+    "DEPTHWISE_CONV_2D": (1, 0, 2),
+    "FULLY_CONNECTED": (1, 0, 2),
+    "TRANSPOSE_CONV": (1, 2, 3),  # (output shape, filter, input, bias)
+    "GATHER": (0, None, None),  # (table, indices): the output shares the table's scale
+}
 #: The first op version that takes INT4 filters (read from the converter's INT4 output).
 _INT4_VERSIONS = {"CONV_2D": 7, "DEPTHWISE_CONV_2D": 7, "FULLY_CONNECTED": 10}
 _INT32 = np.iinfo(np.int32)
@@ -39,7 +50,7 @@ class WrittenKernel:
 
     layer: str  # QuantizeWrapper name
     tensor: str  # flatbuffer tensor name of the filter
-    op: str  # CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED
+    op: str  # CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, TRANSPOSE_CONV or GATHER
     fold: str  # "none", "batchnorm <name>", or "converter factor" (estimated)
     stored_type: str  # "INT8" or "INT4"
     converter_codes: int  # distinct codes the converter had written
@@ -114,6 +125,17 @@ def _scales_of(tensor, channels, axis):
     return scales
 
 
+def _zero_points(tensor, shape, axis):
+    """The tensor's zero points, shaped to broadcast along `axis` (0 where it has none)."""
+    points = getattr(tensor.quantization, "zeroPoint", None)
+    if points is None or len(points) == 0:
+        return 0
+    points = np.asarray(points, np.int64)
+    if points.size == 1:
+        return int(points[0])
+    return points.reshape(_view(len(shape), axis)) if points.size == shape[axis] else 0
+
+
 def _view(ndim, axis):
     shape = [1] * ndim
     shape[axis] = -1
@@ -181,9 +203,9 @@ def _quantization(schema, scales, axis):
 
 @dataclasses.dataclass
 class Filter:
-    """The constant filter of one kernel op of a .tflite file."""
+    """The constant filter (a GATHER's table) of one kernel op of a .tflite file."""
 
-    op: str  # CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED
+    op: str  # one of _KERNEL_OPS
     name: str  # the filter tensor's name
     shape: tuple
     axis: int  # TFLite's output-channel axis (3 for depthwise, else 0)
@@ -197,8 +219,9 @@ class Filter:
 
 
 def filters(model):
-    """Every constant filter of a CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED of `model`
-    (a `ModelT` from `flatbuffer.read_model`), in op order."""
+    """Every constant filter of a CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED or
+    TRANSPOSE_CONV, and every constant GATHER table, of `model` (a `ModelT` from
+    `flatbuffer.read_model`), in op order."""
     schema = _schema()
     op_names, types = _op_names(schema), _type_names(schema)
     out = []
@@ -207,9 +230,12 @@ def filters(model):
             code = model.operatorCodes[op.opcodeIndex]
             op_name = op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
             inputs = [int(i) for i in op.inputs]
-            if op_name not in _KERNEL_OPS or len(inputs) < 2 or inputs[1] < 0:
+            if op_name not in _KERNEL_OPS or len(inputs) < 2:
                 continue
-            tensor = subgraph.tensors[inputs[1]]
+            position = _INPUTS[op_name][0]
+            if inputs[position] < 0:
+                continue
+            tensor = subgraph.tensors[inputs[position]]
             buffer = model.buffers[tensor.buffer]
             if buffer.data is None or len(buffer.data) == 0:
                 continue  # not a constant
@@ -219,7 +245,10 @@ def filters(model):
             codes = _codes_of(tensor, buffer, types) if kind in ("INT8", "INT4") else None
             scales = _scales_of(tensor, shape[axis], axis) if codes is not None else None
             if codes is not None and scales is not None:
-                values = codes * scales.reshape(_view(len(shape), axis))
+                # GATHER tables come asymmetric (a zero point); kernel filters symmetric.
+                values = (codes - _zero_points(tensor, shape, axis)) * scales.reshape(
+                    _view(len(shape), axis)
+                )
             elif kind == "FLOAT32":
                 values = np.asarray(buffer.data, np.uint8).view("<f4").astype(np.float64)
                 values = values.reshape(shape)
@@ -301,9 +330,19 @@ def write_exact_kernels(tfl, kernels):
         kernel, fold, factor, offset, keras_bias = choice
         codes, scales, bias = kernel.stored(factor, offset)
         subgraph, inputs = found.subgraph, [int(i) for i in found.operator.inputs]
-        input_scale = float(np.asarray(subgraph.tensors[inputs[0]].quantization.scale)[0])
-        if len(inputs) > 2 and inputs[2] >= 0:
-            bias_tensor = subgraph.tensors[inputs[2]]
+        _, data_input, bias_input = _INPUTS[found.op]
+        if found.op == "GATHER":
+            if not np.all(scales == scales[0]):
+                continue  # GATHER carries one scale; per-channel tables are not quantized
+            for output in found.operator.outputs:  # the rows keep the table's scale
+                subgraph.tensors[int(output)].quantization = _quantization(schema, scales, 0)
+        input_scale = None
+        if data_input is not None:
+            input_scale = float(
+                np.asarray(subgraph.tensors[inputs[data_input]].quantization.scale)[0]
+            )
+        if bias_input is not None and len(inputs) > bias_input and inputs[bias_input] >= 0:
+            bias_tensor = subgraph.tensors[inputs[bias_input]]
             converter_bias = _converter_bias(model, bias_tensor, types, len(scales))
             if converter_bias is not None and (
                 not keras_bias or bias is None or not _close_bias(converter_bias, bias, bias_tensor)

@@ -32,10 +32,12 @@ from tfquant._keras import (
 from tfquant.export import flatbuffer
 from tfquant.export.flatbuffer import InvalidTfliteError, read_model, validate
 from tfquant.export.folding import (
+    INT8_ONLY,
     batchnorm_affine,
     consumers,
     exact_kernels,
     following_batchnorm,
+    layer_kind,
     tflite_layout,
 )
 from tfquant.export.rewrite import (
@@ -48,7 +50,6 @@ from tfquant.export.rewrite import (
 )
 from tfquant.quantizers.base import TfquantQuantizer, check_bool, check_float
 
-_KERNEL_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 # Ops that move or reinterpret int8 data without arithmetic on floats.
 _INTEGER_TYPES = (np.int8, np.uint8, np.int16, np.int32, np.int64, np.bool_)
 #: The metadata entry where `to_tflite` records the Keras names of the model's inputs and
@@ -153,9 +154,27 @@ def _input_shapes(model):
     return [tuple(t.shape[1:]) for t in model.inputs]
 
 
+def _input_dtypes(model):
+    """The NumPy dtype of each of `model`'s inputs: float32, or an integer type (token ids)."""
+    return [
+        np.dtype(t.dtype.as_numpy_dtype) if t.dtype.is_integer else np.dtype(np.float32)
+        for t in model.inputs
+    ]
+
+
 def _check_representative(data, model, name="representative_data"):
-    """`check_inputs` against `model`'s inputs: a list of arrays in `model.inputs` order."""
-    return check_inputs(data, model.input_names, _input_shapes(model), name)
+    """`check_inputs` against `model`'s inputs: a list of arrays in `model.inputs` order, each
+    as its input's type (an integer input's values must be whole numbers: token ids)."""
+    arrays = check_inputs(data, model.input_names, _input_shapes(model), name)
+    for i, dtype in enumerate(_input_dtypes(model)):
+        if dtype.kind in "iu":
+            if not np.array_equal(arrays[i], np.round(arrays[i])):
+                raise ValueError(
+                    f"{name} must hold whole numbers for input {model.input_names[i]!r}: it is "
+                    f"{dtype.name} (token ids). Received: fractional values"
+                )
+            arrays[i] = arrays[i].astype(dtype)
+    return arrays
 
 
 def _check_labels(labels, model, samples):
@@ -360,9 +379,18 @@ def to_tflite(qmodel, representative_data, int4=False, int8_io=True, batch_size=
             stacklevel=2,
         )
     if not_int4:
+        int8_only = [n for n in not_int4 if layer_kind(copy.get_layer(n)) in INT8_ONLY]
+        off_grid = [n for n in not_int4 if n not in int8_only]
+        reasons = []
+        if off_grid:
+            reasons.append(f"{off_grid}: their codebooks are not on a 4-bit grid")
+        if int8_only:
+            reasons.append(
+                f"{int8_only}: Conv2DTranspose (TRANSPOSE_CONV) and Embedding (GATHER) "
+                "kernels are always stored as int8 by tfquant"
+            )
         warnings.warn(
-            f"Layers {not_int4}: their codebooks are not on a 4-bit grid, so they are stored as "
-            "int8 (exact) instead of INT4.",
+            f"Layers {'; '.join(reasons)}. They are stored as int8 (exact) instead of INT4.",
             stacklevel=2,
         )
     return _with_io_names(tfl, qmodel)
@@ -382,8 +410,8 @@ def _convert(model, data, batch_size, int8_io):
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
     else:
         specs = [
-            tf.TensorSpec([batch_size, *shape], tf.float32, name=name)
-            for name, shape in zip(names, _input_shapes(model), strict=True)
+            tf.TensorSpec([batch_size, *shape], tensor.dtype, name=name)
+            for name, shape, tensor in zip(names, _input_shapes(model), model.inputs, strict=True)
         ]
 
         def call(*inputs):

@@ -27,6 +27,10 @@ PUBLIC = [
         quantizers.UniformQuantizer(4),
         quantizers.LearnedBasisActivationQuantizer(2),
     ),
+    configs.SeparableQuantizeConfig(
+        configs.LayerQuantizeConfig("depthwise_kernel", quantizers.MultivaluedQuantizer(bits=2)),
+        configs.LayerQuantizeConfig("kernel", quantizers.UniformQuantizer(4)),
+    ),
     schemes.Multivalued(bits=2, division="linear", keep_first_last_8bit=True),
     schemes.Ternary(method="ttq", per_channel=True),
     schemes.LearnedBasis(weight_bits=3, activation_bits=None),

@@ -234,3 +234,16 @@ def inbound_layer_names(model):
             sources += [item[0] for item in node if isinstance(item, (list, tuple))]
         inbound[layer["config"]["name"]] = sources
     return inbound
+
+
+def tfmot_layout_transforms():
+    """`(default_8bit_transforms module, ModelTransformer class)`: tfmot's private layout
+    transforms, which `tfquant.schemes` reuses (one of them renamed)."""
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_transforms,
+    )
+    from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (  # noqa: E501
+        model_transformer,
+    )
+
+    return default_8bit_transforms, model_transformer.ModelTransformer

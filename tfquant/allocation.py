@@ -22,7 +22,7 @@ from tfquant.coding.division import divide
 from tfquant.coding.entropy import entropy_of_counts
 from tfquant.coding.hessian import hessian_diagonal
 from tfquant.coding.stream import varint
-from tfquant.configs.layer import supported_weight_attribute
+from tfquant.configs.layer import SUPPORTED_LAYERS, supported_weight_attribute
 from tfquant.options import Division
 from tfquant.quantizers.base import check_float
 from tfquant.quantizers.multivalued import (
@@ -391,7 +391,7 @@ def allocate_bits(
             kernels.append((layer.name, getattr(layer, attribute)))
     if not kernels:
         raise ValueError(
-            "model has no Conv2D, DepthwiseConv2D or Dense layer to allocate bits to. "
+            f"model has no layer tfquant quantizes ({SUPPORTED_LAYERS}) to allocate bits to. "
             f"Received: layers {[type(layer).__name__ for layer in model.layers]}"
         )
     importance = hessian_diagonal(

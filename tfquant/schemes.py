@@ -1,12 +1,18 @@
 """Quantization schemes: tfmot `QuantizeScheme`s whose registry puts a tfquant quantizer on
-every Conv2D, DepthwiseConv2D and Dense kernel and leaves every other layer (BatchNorm
-patterns, Add, pooling, ...) to tfmot's default 8-bit registry and layout transforms.
+every Conv1D, Conv2D, Conv2DTranspose, DepthwiseConv2D, Dense and Embedding weight (a
+SeparableConv2D is first split into DepthwiseConv2D + Conv2D by tfmot's layout transform) and
+leaves every other layer (BatchNorm patterns, Add, pooling, ...) to tfmot's default 8-bit
+registry and layout transforms.
 """
 
 import tensorflow_model_optimization as tfmot
 
-from tfquant._keras import keras
-from tfquant.configs.layer import LayerQuantizeConfig, supported_weight_attribute
+from tfquant._keras import keras, tfmot_layout_transforms
+from tfquant.configs.layer import (
+    LayerQuantizeConfig,
+    SeparableQuantizeConfig,
+    supported_weight_attribute,
+)
 from tfquant.quantizers import (
     LearnedBasisActivationQuantizer,
     LearnedBasisQuantizer,
@@ -17,6 +23,7 @@ from tfquant.quantizers import (
 from tfquant.quantizers.base import check_bool, check_int
 
 _default_8bit = tfmot.quantization.keras.default_8bit
+_transforms, _ModelTransformer = tfmot_layout_transforms()
 _NON_NEGATIVE_ACTIVATIONS = ("relu", "relu6")
 
 
@@ -24,8 +31,9 @@ class Scheme(tfmot.quantization.keras.QuantizeScheme):
     """Base class of tfquant schemes; use `Multivalued`, `Ternary`, `LearnedBasis`, `Uniform`.
 
     Args:
-      keep_first_last_8bit: quantize the first and last Conv/Dense layer of the model with
-        8-bit uniform weights instead (the LQ-Nets / TWN convention).
+      keep_first_last_8bit: quantize the first and last quantized layer of the model with
+        8-bit uniform weights instead (the LQ-Nets / TWN convention); on a model with at most
+        two quantized layers that is all of them, and `quantize_model` warns.
     """
 
     #: Export granularity of the weight quantizers (and of the 8-bit first/last layers).
@@ -48,8 +56,26 @@ class Scheme(tfmot.quantization.keras.QuantizeScheme):
         del layer
         return None
 
+    def quantizes(self, layer):
+        """True if this scheme puts its quantizer on `layer`'s weight: a layer type tfquant
+        supports, except an Embedding under a per-channel scheme (TFLite's GATHER carries one
+        scale for the whole table, so per-channel codes cannot be stored exactly)."""
+        if supported_weight_attribute(layer) is None:
+            return False
+        return not (self.per_channel and isinstance(layer, keras.layers.Embedding))
+
     def config_for(self, layer, eight_bit=False):
-        """The `LayerQuantizeConfig` this scheme gives `layer` (a supported layer)."""
+        """The `LayerQuantizeConfig` this scheme gives `layer` (a supported layer); for a
+        SeparableConv2D, the `SeparableQuantizeConfig` of its two parts."""
+        if type(layer) is keras.layers.SeparableConv2D:
+            depthwise, pointwise = separable_parts(layer.name)
+            return SeparableQuantizeConfig(
+                self.config_for(keras.layers.DepthwiseConv2D(1, name=depthwise), eight_bit),
+                self.config_for(
+                    keras.layers.Conv2D(1, 1, activation=layer.activation, name=pointwise),
+                    eight_bit,
+                ),
+            )
         attribute = supported_weight_attribute(layer)
         if eight_bit:
             return LayerQuantizeConfig(attribute, UniformQuantizer(8, self.per_channel))
@@ -58,7 +84,7 @@ class Scheme(tfmot.quantization.keras.QuantizeScheme):
         )
 
     def get_layout_transformer(self):
-        return _default_8bit.Default8BitQuantizeLayoutTransform()
+        return _LayoutTransform()
 
     def get_quantize_registry(self):
         return _Registry(self, eight_bit_layers=())
@@ -82,7 +108,7 @@ class Scheme(tfmot.quantization.keras.QuantizeScheme):
 
 
 class _Registry(_default_8bit.Default8BitQuantizeRegistry):
-    """tfmot's 8-bit registry with tfquant configs for Conv2D, DepthwiseConv2D and Dense."""
+    """tfmot's 8-bit registry with tfquant configs for the layers `Scheme.quantizes` accepts."""
 
     def __init__(self, scheme, eight_bit_layers):
         super().__init__(disable_per_axis=not scheme.per_channel)
@@ -90,12 +116,82 @@ class _Registry(_default_8bit.Default8BitQuantizeRegistry):
         self._eight_bit_layers = frozenset(eight_bit_layers)
 
     def supports(self, layer):
-        return supported_weight_attribute(layer) is not None or super().supports(layer)
+        return self._scheme.quantizes(layer) or super().supports(layer)
 
     def get_quantize_config(self, layer):
-        if supported_weight_attribute(layer) is not None:
+        if self._scheme.quantizes(layer):
             return self._scheme.config_for(layer, layer.name in self._eight_bit_layers)
         return super().get_quantize_config(layer)
+
+
+def separable_parts(name):
+    """The names of the DepthwiseConv2D and 1x1 Conv2D a SeparableConv2D `name` becomes."""
+    return f"{name}_depthwise", f"{name}_pointwise"
+
+
+class _NamedSeparableConvQuantize(_transforms.SeparableConvQuantize):
+    """tfmot's SeparableConv2D -> DepthwiseConv2D + Conv2D split, with the two new layers
+    named after the original (`separable_parts`) instead of fresh global names, so summaries,
+    exports and `Multivalued(layers=...)` can refer to them."""
+
+    def replacement(self, match_layer):
+        config = match_layer.metadata.get("quantize_config")
+        if isinstance(config, SeparableQuantizeConfig):  # from tfq.quantize_annotate_layer
+            match_layer.metadata["quantize_config"] = None
+        elif config is not None:
+            return match_layer
+        result = super().replacement(match_layer)
+        depthwise, pointwise = separable_parts(match_layer.layer["config"]["name"])
+        result.layer["name"] = result.layer["config"]["name"] = pointwise
+        source = result.input_layers[0]
+        source.layer["name"] = source.layer["config"]["name"] = depthwise
+        if isinstance(config, SeparableQuantizeConfig):
+            match_layer.metadata["quantize_config"] = config
+            result.metadata["quantize_config"] = config.pointwise
+            source.metadata["quantize_config"] = config.depthwise
+        return result
+
+
+class _FloatInputLayerQuantize(_transforms.InputLayerQuantize):
+    """tfmot's fake quantization after each model input, for float inputs only: integer
+    inputs (token ids feeding an Embedding) pass unchanged, as they do in TFLite."""
+
+    def replacement(self, match_layer):
+        dtype = match_layer.layer["config"].get("dtype") or "float32"
+        if not str(dtype).startswith(("float", "bfloat")):
+            return match_layer
+        return super().replacement(match_layer)
+
+
+class _LayoutTransform(_default_8bit.Default8BitQuantizeLayoutTransform):
+    """tfmot's default 8-bit layout transforms, with `_NamedSeparableConvQuantize` and
+    `_FloatInputLayerQuantize` in place of tfmot's own two."""
+
+    def apply(self, model, layer_quantize_map):
+        transforms = [
+            _FloatInputLayerQuantize(),
+            _transforms.SeparableConv1DQuantize(),
+            _NamedSeparableConvQuantize(),
+            _transforms.Conv2DReshapeBatchNormReLUQuantize(),
+            _transforms.Conv2DReshapeBatchNormActivationQuantize(),
+            _transforms.Conv2DBatchNormReLUQuantize(),
+            _transforms.Conv2DBatchNormActivationQuantize(),
+            _transforms.Conv2DReshapeBatchNormQuantize(),
+            _transforms.Conv2DBatchNormQuantize(),
+            _transforms.ConcatTransform6Inputs(),
+            _transforms.ConcatTransform5Inputs(),
+            _transforms.ConcatTransform4Inputs(),
+            _transforms.ConcatTransform3Inputs(),
+            _transforms.ConcatTransform(),
+            _transforms.DenseBatchNormQuantize(),
+            _transforms.DenseBatchNormReLUQuantize(),
+            _transforms.DenseBatchNormActivationQuantize(),
+            _transforms.LayerReLUQuantize(),
+            _transforms.LayerReluActivationQuantize(),
+        ]
+        return _ModelTransformer(
+            model, transforms, set(layer_quantize_map.keys()), layer_quantize_map
+        ).transform()
 
 
 class BoundScheme(tfmot.quantization.keras.QuantizeScheme):

@@ -97,7 +97,7 @@ def _summarize(wrapper, weight, quantizer, quantizer_vars):
     quantized = np.asarray(quantizer.hard_quantize(kernel, quantizer_vars))
     levels = int(quantizer.levels)
     if quantizer.per_channel:
-        view = quantized.reshape(-1, quantizer.num_channels)
+        view = np.asarray(quantizer.channel_view(quantized))
         distinct = max(np.unique(view[:, c]).size for c in range(view.shape[1]))
         entropy = float(np.mean([entropy_bits(view[:, c]) for c in range(view.shape[1])]))
         codebook_floats = view.shape[1] * quantizer.codebook_floats()

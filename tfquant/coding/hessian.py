@@ -4,11 +4,12 @@ Hutchinson's estimator diag(H) ≈ E[v ⊙ Hv] with Rademacher vectors v."""
 import numpy as np
 
 from tfquant._keras import tf
-from tfquant.configs.layer import supported_weight_attribute
+from tfquant.configs.layer import SUPPORTED_LAYERS, supported_weight_attribute
 
 
 def hessian_diagonal(model, x, y, loss, samples=4, batch_size=256, max_batches=4, seed=0):
-    """Estimates the Hessian diagonal of `loss` w.r.t. every Conv2D/DepthwiseConv2D/Dense kernel.
+    """Estimates the Hessian diagonal of `loss` w.r.t. every kernel tfquant quantizes (Conv1D,
+    Conv2D, Conv2DTranspose, DepthwiseConv2D, Dense kernels and Embedding tables).
 
     Args:
       model: a float or QAT `tfq.keras` model.
@@ -40,7 +41,9 @@ def hessian_diagonal(model, x, y, loss, samples=4, batch_size=256, max_batches=4
         if attribute:
             kernels[inner.name] = getattr(inner, attribute)
     if not kernels:
-        raise ValueError(f"model has no Conv2D, DepthwiseConv2D or Dense layer. Received: {model}")
+        raise ValueError(
+            f"model has no layer tfquant quantizes ({SUPPORTED_LAYERS}). Received: {model}"
+        )
     x, y = np.asarray(x), np.asarray(y)
     if len(x) == 0 or len(x) != len(y):
         raise ValueError(
@@ -61,11 +64,11 @@ def hessian_diagonal(model, x, y, loss, samples=4, batch_size=256, max_batches=4
             with tf.GradientTape() as outer:
                 with tf.GradientTape() as inner_tape:
                     value = loss(batch_y, model(batch_x, training=False))
-                grads = inner_tape.gradient(value, variables)
+                grads = [_dense(g) for g in inner_tape.gradient(value, variables)]
                 projection = tf.add_n(
                     [tf.reduce_sum(g * v) for g, v in zip(grads, vectors, strict=True)]
                 )
-            products = outer.gradient(projection, variables)
+            products = [_dense(p) for p in outer.gradient(projection, variables)]
             for total, vector, product in zip(totals, vectors, products, strict=True):
                 if product is not None:
                     total += (vector * product).numpy()
@@ -73,6 +76,13 @@ def hessian_diagonal(model, x, y, loss, samples=4, batch_size=256, max_batches=4
     return {
         name: np.maximum(total / probes, 0.0) for name, total in zip(names, totals, strict=True)
     }
+
+
+def _dense(gradient):
+    """An Embedding's gradient comes as IndexedSlices (the rows looked up): make it dense."""
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.convert_to_tensor(gradient)
+    return gradient
 
 
 __all__ = ["hessian_diagonal"]

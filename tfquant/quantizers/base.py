@@ -29,6 +29,13 @@ def channel_scale_view(kernel, quantizer):
     return tf.reshape(kernel, [-1, 1])
 
 
+def from_channel_scale_view(values, kernel, quantizer):
+    """Inverse of `channel_scale_view`: `values` back in `kernel`'s shape."""
+    if quantizer.per_channel:
+        return quantizer.from_channel_view(values)
+    return tf.reshape(values, tf.shape(kernel))
+
+
 def straight_through(inputs, quantized):
     """Returns `quantized` exactly in the forward pass and the identity gradient to `inputs`.
 
@@ -125,6 +132,8 @@ class TfquantQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
     def build(self, tensor_shape, name, layer):
         inner = getattr(layer, "layer", layer)
         self._depthwise = isinstance(inner, keras.layers.DepthwiseConv2D)
+        # Conv2DTranspose kernels are [h, w, out, in]: output channels on the second-last axis.
+        self._transposed = isinstance(inner, keras.layers.Conv2DTranspose)
         self._shape = tuple(tensor_shape) if tensor_shape is not None else None
         self._export = False
         return self._build_vars(tensor_shape, name, layer)
@@ -132,16 +141,26 @@ class TfquantQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
     # -- shape helpers ---------------------------------------------------------------------
     @property
     def num_channels(self):
-        """Number of output channels of the kernel (depthwise: in_channels * multiplier)."""
+        """Number of output channels of the kernel (depthwise: in_channels * multiplier;
+        Conv2DTranspose: the second-last axis)."""
         if self._depthwise:
             return int(self._shape[-2] * self._shape[-1])
+        if getattr(self, "_transposed", False):
+            return int(self._shape[-2])
         return int(self._shape[-1])
 
     def channel_view(self, kernel):
-        """Reshapes a kernel to [N, C] with C output channels (TFLite's channel order)."""
+        """Reshapes a kernel (tensor or array) to [N, C] with C output channels (TFLite's
+        channel order)."""
+        if getattr(self, "_transposed", False):
+            kernel = tf.experimental.numpy.swapaxes(kernel, -1, -2)
         return tf.reshape(kernel, [-1, self.num_channels])
 
     def from_channel_view(self, values):
+        """Inverse of `channel_view`: [N, C] back to the kernel's shape."""
+        if getattr(self, "_transposed", False):
+            swapped = (*self._shape[:-2], self._shape[-1], self._shape[-2])
+            return tf.experimental.numpy.swapaxes(tf.reshape(values, swapped), -1, -2)
         return tf.reshape(values, self._shape)
 
     # -- contract ----------------------------------------------------------------------------
@@ -194,7 +213,7 @@ class TfquantQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         """The allowed values: a sorted 1-D array, or a list of them (one per channel)."""
         quantized = np.asarray(self.hard_quantize(tf.convert_to_tensor(kernel), weights))
         if self.per_channel:
-            view = quantized.reshape(-1, self.num_channels)
+            view = np.asarray(self.channel_view(quantized))
             return [np.unique(view[:, c]) for c in range(view.shape[1])]
         return np.unique(quantized)
 
@@ -204,7 +223,7 @@ class TfquantQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         step = np.asarray(safe_step(self.grid_step(kernel, weights, codes)), dtype=np.float64)
         quantized = np.asarray(self.hard_quantize(kernel, weights), dtype=np.float64)
         if self.per_channel:
-            quantized = quantized.reshape(-1, self.num_channels)
+            quantized = np.asarray(self.channel_view(quantized))
         scaled = quantized / step
         on_grid = np.abs(scaled - np.round(scaled)) <= 1e-3
         return bool(np.all(on_grid) and np.all(np.abs(np.round(scaled)) <= codes))

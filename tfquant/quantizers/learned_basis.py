@@ -124,6 +124,11 @@ class LearnedBasisQuantizer(TfquantQuantizer):
     def _view(self, kernel):
         return self.channel_view(kernel) if self.per_channel else tf.reshape(kernel, [-1, 1])
 
+    def _from_view(self, values, kernel):
+        if self.per_channel:
+            return self.from_channel_view(values)
+        return tf.reshape(values, tf.shape(kernel))
+
     def initialize(self, kernel, weights, importance=None):
         view = np.asarray(self._view(tf.constant(kernel, tf.float32)))
         sigma = view.std(axis=0) + 1e-12
@@ -141,7 +146,7 @@ class LearnedBasisQuantizer(TfquantQuantizer):
         view = self._view(inputs)
         levels, sorted_codes, _ = self._levels(weights)
         quantized, index = nearest_level_per_channel(view, levels)
-        output = tf.reshape(straight_through(view, quantized), tf.shape(inputs))
+        output = self._from_view(straight_through(view, quantized), inputs)
         if not training:
             return output
         chosen = tf.gather(sorted_codes, tf.transpose(index), batch_dims=1)  # [C, N, K]
@@ -154,7 +159,7 @@ class LearnedBasisQuantizer(TfquantQuantizer):
         kernel = tf.convert_to_tensor(kernel)
         levels, _, _ = self._levels(weights)
         quantized, _ = nearest_level_per_channel(self._view(kernel), levels)
-        return tf.reshape(quantized, tf.shape(kernel))
+        return self._from_view(quantized, kernel)
 
     def grid_step(self, kernel, weights, codes=_LEVELS_IN_INT8):
         levels, _, step = self._levels(weights)

@@ -13,6 +13,7 @@ from tfquant.quantizers.base import (
     channel_scale_view,
     check_bool,
     check_float,
+    from_channel_scale_view,
     straight_through,
 )
 
@@ -140,14 +141,14 @@ class TernaryQuantizer(TfquantQuantizer):
         return ttq(view, positive, negative, delta)
 
     def _quantize(self, inputs, training, weights):
-        quantized = tf.reshape(self._ternary_view(inputs, weights), tf.shape(inputs))
+        quantized = from_channel_scale_view(self._ternary_view(inputs, weights), inputs, self)
         if self.method is TernaryMethod.TWN:
             return straight_through(inputs, quantized)
         return quantized  # ttq carries its own gradient
 
     def hard_quantize(self, kernel, weights):
         kernel = tf.convert_to_tensor(kernel)
-        return tf.reshape(self._ternary_view(kernel, weights), tf.shape(kernel))
+        return from_channel_scale_view(self._ternary_view(kernel, weights), kernel, self)
 
     def grid_step(self, kernel, weights, codes=_LEVELS_IN_INT8):
         if self.method is TernaryMethod.TWN:

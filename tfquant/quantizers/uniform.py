@@ -9,6 +9,7 @@ from tfquant.quantizers.base import (
     channel_scale_view,
     check_bool,
     check_int,
+    from_channel_scale_view,
     safe_step,
     straight_through,
 )
@@ -77,7 +78,7 @@ class UniformQuantizer(TfquantQuantizer):
         if self._on_converter_grid:
             step = safe_step(tf.reduce_max(tf.abs(view), axis=0) / _LEVELS_IN_INT8)
             quantized = tf.round(quantized / step) * step
-        return tf.reshape(quantized, tf.shape(kernel))
+        return from_channel_scale_view(quantized, kernel, self)
 
     def grid_step(self, kernel, weights, codes=_LEVELS_IN_INT8):
         view = channel_scale_view(tf.convert_to_tensor(kernel), self)
