@@ -12,7 +12,7 @@ import pytest
 
 import tfquant as tfq
 from tfquant import export
-from tfquant.export import rewrite
+from tfquant.export import flatbuffer, rewrite
 
 keras = tfq.keras
 layers = keras.layers
@@ -131,7 +131,7 @@ def float_model(request):
 def _codes_per_channel(tfl, tensor_name):
     """Most distinct integer codes in one output channel of the file's filter `tensor_name`,
     and the distinct codes in the whole tensor."""
-    (found,) = [f for f in rewrite.filters(rewrite.parse(tfl)) if f.name == tensor_name]
+    (found,) = [f for f in rewrite.filters(flatbuffer.read_model(tfl)) if f.name == tensor_name]
     by_channel = np.moveaxis(found.codes, found.axis, 0).reshape(found.shape[found.axis], -1)
     return max(np.unique(c).size for c in by_channel), np.unique(found.codes).size
 
