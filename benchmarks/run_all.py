@@ -160,6 +160,23 @@ BENCHMARKS = {
         [],
         ["--train", "2000", "--test", "500", "--rounds", "2", "--runs", "100"],
     ),
+    "real_networks": (
+        "BatchNorm networks vs tfmot int8: ResNet-20 and MobileNetV2 on CIFAR-10",
+        ["benchmarks/real_networks.py"],
+        [],
+        [
+            "--qat-train",
+            "1000",
+            "--test",
+            "1000",
+            "--mobilenet-epochs",
+            "3",
+            "--rounds",
+            "2",
+            "--runs",
+            "30",
+        ],
+    ),
     "qat_overhead": (
         "Training-step overhead vs float and tfmot QAT (LeNet-5)",
         ["benchmarks/qat_overhead.py"],

@@ -22,6 +22,7 @@ FIGURES = {
     "03_ternary_and_learned_bases.ipynb": 2,
     "04_compression.ipynb": 3,
     "05_export_and_latency.ipynb": 0,
+    "06_cifar10_resnet20.ipynb": 2,
 }
 
 

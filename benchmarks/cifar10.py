@@ -1,0 +1,295 @@
+"""CIFAR-10 ResNet-20: every method from the same float start, with the same epochs, batch,
+optimizer and data order; rows accumulate over several runs in one JSON file.
+
+Run: python benchmarks/cifar10.py [--rows "MPA 3-bit" "naive 3-bit" ...] [--epochs 4]
+       [--train 50000] [--test 10000] [--json benchmarks/results/cifar10.json] [--quick]
+       [--list]
+
+Start: the shipped float baseline `resnet20_cifar10` (`tfquant.models.pretrained`). Every row
+then trains `--epochs` epochs on the first `--train` training images (random crop + flip, the
+same order in every row: one seed), SGD with momentum 0.9, learning rate `--learning-rate`
+decayed to 0 by a cosine, batch 128; the "float" row is the same fine-tuning without
+quantization and is the reference for "drop". Columns: Keras test accuracy, the exported
+full-integer TFLite model's test accuracy (tfquant's BatchNorm-folding export; tfmot's own
+converter path for its rows), drop vs float, the ANS container's bytes and ratio to float32
+(tfquant rows), epochs and minutes. The first conv and the last Dense stay 8-bit in every
+quantized row (`keep_first_last_8bit`, as TTQ, LQ-Nets and APoT keep them at full precision).
+
+A run with `--rows` measures only those rows and replaces their records in the JSON (each
+with the date, settings and machine); the table printed at the end holds every stored row
+measured with the same settings. `--quick` (a slice, one epoch, its own JSON) is what the test
+suite runs. The data is the offline JPEG (q75) copy of CIFAR-10, so the published figures
+printed beside ours are context, not the same experiment.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import tensorflow_model_optimization as tfmot
+
+import tfquant as tfq
+from tfquant import export
+from tfquant._keras import keras
+from tfquant.export.tflite import run_tflite
+from tfquant.models import datasets, pretrained
+from tfquant.models.augment import shifted_and_flipped
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peers import tfmot_qat, tfmot_tflite  # noqa: E402
+
+BATCH = 128
+
+# Published (float -> quantized, %), context only: other data (PNG CIFAR-10), other recipes.
+PUBLISHED = {
+    "TTQ": "TTQ ResNet-20 91.77 -> 91.13 (ternary)",
+    "MPA ternary": "TTQ ResNet-20 91.77 -> 91.13 (ternary)",
+    "LQ-Nets W2": "LQ-Nets ResNet-20 92.1 -> 91.8 (W2)",
+    "LQ-Nets W2A2": "LQ-Nets 92.1 -> 90.2; APoT 92.96 -> 90.96 (W2A2)",
+    "MPA 4-bit": "MPA ResNet-18 93.11 -> 93.4 (4-bit, 16 epochs)",
+    "MPA 3-bit": "MPA ResNet-18 93.11 -> 93.1 (3-bit); naive 91.6",
+    "naive 3-bit": "MPA paper's naive 3-bit ResNet-18: 91.6",
+}
+
+
+def _multivalued(bits=None, levels=None, mode="auto"):
+    return tfq.schemes.Multivalued(bits=bits or 3, levels=levels, mode=mode)
+
+
+def _mpa(levels, finish=None):
+    def schedule(epochs):
+        if finish == "straight_through":
+            return tfq.callbacks.PhaseAdaptation(
+                epochs_per_phase=0.5 * epochs / levels, finish=finish, verbose=0
+            )
+        return tfq.callbacks.PhaseAdaptation(epochs_per_phase=epochs / levels, verbose=0)
+
+    return schedule
+
+
+# name: (kind, scheme factory or peer option, schedule factory(epochs) or None)
+ROWS = {
+    "float": ("float", None, None),
+    "tfmot 8-bit QAT": ("tfmot_qat", None, None),
+    "tfmot cluster 8": ("tfmot_cluster", 8, None),
+    "tfmot cluster 4": ("tfmot_cluster", 4, None),
+    "QKeras ternary": ("qkeras", None, None),
+    "naive 3-bit": ("tfquant", lambda: _multivalued(3, mode="snap"), None),
+    "naive 2-bit": ("tfquant", lambda: _multivalued(2, mode="snap"), None),
+    "MPA 4-bit": ("tfquant", lambda: _multivalued(4), _mpa(16)),
+    "MPA 3-bit": ("tfquant", lambda: _multivalued(3), _mpa(8)),
+    "MPA 2-bit": ("tfquant", lambda: _multivalued(2), _mpa(4)),
+    "TTQ": ("tfquant", lambda: tfq.schemes.Ternary(method="ttq"), None),
+    "MPA ternary": ("tfquant", lambda: _multivalued(levels=3), _mpa(3, "straight_through")),
+    "LQ-Nets W2": (
+        "tfquant",
+        lambda: tfq.schemes.LearnedBasis(weight_bits=2, activation_bits=None),
+        None,
+    ),
+    "LQ-Nets W2A2": (
+        "tfquant",
+        lambda: tfq.schemes.LearnedBasis(weight_bits=2, activation_bits=2),
+        None,
+    ),
+}
+
+
+def _progress(line):
+    """Progress on stderr: standard output holds only the table (what run_all stores)."""
+    print(f"[{datetime.datetime.now():%H:%M:%S}] {line}", file=sys.stderr, flush=True)
+
+
+def _compile(model, args, steps):
+    schedule = keras.optimizers.schedules.CosineDecay(args.learning_rate, steps)
+    model.compile(
+        keras.optimizers.SGD(schedule, momentum=0.9),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def _fit(model, x, y, args, callbacks=()):
+    steps = args.epochs * int(np.ceil(len(x) / BATCH))
+    _compile(model, args, steps)
+    keras.utils.set_random_seed(args.seed)
+    data = shifted_and_flipped(x, y, BATCH, seed=args.seed)
+    model.fit(data, epochs=args.epochs, verbose=0, callbacks=list(callbacks))
+    return model
+
+
+def _keras_accuracy(model, x, y):
+    logits = np.concatenate(
+        [np.asarray(model(x[i : i + 500], training=False)) for i in range(0, len(x), 500)]
+    )
+    return float(np.mean(logits.argmax(-1) == y))
+
+
+def _with_keep(scheme):
+    config = scheme.get_config()
+    config["keep_first_last_8bit"] = True
+    return type(scheme).from_config(config)
+
+
+def _run_row(name, float_model, data, args):
+    kind, option, schedule = ROWS[name]
+    (x, y), (x_test, y_test) = data
+    calibration = x[:200]
+    start = time.time()
+    record = {"row": name}
+    if kind == "float":
+        model = keras.models.clone_model(float_model)
+        model.set_weights(float_model.get_weights())
+        _fit(model, x, y, args)
+        tfl = None
+    elif kind == "tfmot_qat":
+        model = _fit(tfmot_qat(float_model)[0], x, y, args)
+        tfl = tfmot_tflite(model, calibration)
+    elif kind == "tfmot_cluster":
+        cluster = tfmot.clustering.keras
+        clustered = cluster.cluster_weights(
+            float_model,
+            number_of_clusters=option,
+            cluster_centroids_init=cluster.CentroidInitialization.KMEANS_PLUS_PLUS,
+        )
+        _fit(clustered, x, y, args)
+        model = cluster.strip_clustering(clustered)
+        record["distinct_per_layer"] = [
+            int(np.unique(layer.get_weights()[0]).size)
+            for layer in model.layers
+            if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
+        ]
+        tfl = None
+    elif kind == "qkeras":
+        try:
+            import qkeras  # noqa: F401
+        except ImportError:
+            record["skipped"] = (
+                "QKeras is not installed (a benchmark extra, never a runtime dependency): "
+                "pip install --no-deps qkeras==0.9.0 pyparsing"
+            )
+            return record
+        model = _fit(_qkeras_ternary(float_model), x, y, args)
+        tfl = None
+    else:
+        scheme = _with_keep(option())
+        model = tfq.quantize_model(float_model, scheme)
+        callbacks = [schedule(args.epochs)] if schedule else []
+        if callbacks and callbacks[0].epochs_needed(model) > args.epochs:
+            record["skipped"] = f"the schedule needs more than {args.epochs} epochs"
+            return record
+        _fit(model, x, y, args, callbacks)
+        tfl = export.to_tflite(model, calibration)
+        coded = tfq.coding.compress(model).to_bytes()
+        float_bytes = 4 * sum(int(np.prod(w.shape)) for w in float_model.weights)
+        record["coded_bytes"] = len(coded)
+        record["ratio"] = float_bytes / len(coded)
+        record["distinct_per_layer"] = [r.distinct for r in tfq.summary(model, print_fn=None)]
+    record["minutes"] = (time.time() - start) / 60
+    record["keras_accuracy"] = _keras_accuracy(model, x_test, y_test)
+    if tfl is not None:
+        record["tflite_accuracy"] = float(np.mean(run_tflite(tfl, x_test).argmax(-1) == y_test))
+    return record
+
+
+def _qkeras_ternary(float_model):
+    """QKeras 0.9's `ternary(alpha="auto")` on every Conv2D and Dense kernel (first conv and
+    last Dense too: QKeras has no keep-first-last option), weights transferred."""
+    from qkeras.utils import model_quantize
+
+    quantizer = {"kernel_quantizer": "ternary(alpha='auto')", "bias_quantizer": "quantized_bits(8)"}
+    return model_quantize(
+        float_model, {"QConv2D": quantizer, "QDense": quantizer}, 8, transfer_weights=True
+    )
+
+
+def _settings(args):
+    return {"epochs": args.epochs, "train": args.train, "test": args.test, "lr": args.learning_rate}
+
+
+def _print_table(records, settings):
+    rows = [r for r in records.values() if r.get("settings") == settings and "skipped" not in r]
+    reference = next((r["keras_accuracy"] for r in rows if r["row"] == "float"), None)
+    print(
+        f"ResNet-20 CIFAR-10 (JPEG q75): from the shipped float baseline, {settings['epochs']} "
+        f"epochs on {settings['train']} images, SGD momentum 0.9, lr {settings['lr']} cosine, "
+        f"batch {BATCH}; accuracy on {settings['test']} test images"
+    )
+    header = (
+        f"{'row':<18}{'Keras':>8}{'TFLite':>8}{'drop pt':>9}{'coded B':>10}{'ratio':>7}"
+        f"{'min':>6}  {'date':<11}published (context)"
+    )
+    print(header)
+    print("-" * len(header))
+    for name in ROWS:
+        record = next((r for r in rows if r["row"] == name), None)
+        if record is None:
+            continue
+        tflite = record.get("tflite_accuracy")
+        drop = "" if reference is None else f"{100 * (reference - record['keras_accuracy']):+.2f}"
+        coded = record.get("coded_bytes")
+        tflite = "-" if tflite is None else f"{tflite:.2%}"
+        ratio = f"{record['ratio']:.1f}x" if coded else "-"
+        coded = f"{coded:,}" if coded else "-"
+        print(
+            f"{name:<18}{record['keras_accuracy']:>8.2%}{tflite:>8}{drop:>9}{coded:>10}"
+            f"{ratio:>7}{record['minutes']:>6.0f}  {record['date']:<11}{PUBLISHED.get(name, '')}"
+        )
+    skipped = [r for r in records.values() if r.get("settings") == settings and "skipped" in r]
+    for record in skipped:
+        print(f"{record['row']}: not measured: {record['skipped']}")
+    missing = [n for n in ROWS if not any(r["row"] == n for r in rows)]
+    if missing:
+        print(f"rows not measured yet with these settings: {', '.join(missing)}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), metavar="ROW")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--train", type=int, default=50000)
+    parser.add_argument("--test", type=int, default=10000)
+    parser.add_argument("--learning-rate", type=float, default=0.01)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default="benchmarks/results/cifar10.json")
+    parser.add_argument("--quick", action="store_true", help="a slice, 1 epoch (the tests)")
+    parser.add_argument("--list", action="store_true", help="print the row names and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(ROWS))
+        return
+    if args.quick:
+        args.epochs, args.train, args.test = 1, min(args.train, 256), min(args.test, 200)
+    data = datasets.load("cifar10", limit=(args.train, args.test))
+    float_model = pretrained("resnet20_cifar10")
+    records = {}
+    if os.path.exists(args.json):
+        with open(args.json) as stream:
+            records = {r["row"] + json.dumps(r["settings"]): r for r in json.load(stream)["rows"]}
+    settings = _settings(args)
+    for name in args.rows or list(ROWS):
+        _progress(f"{name}: start")
+        record = _run_row(name, float_model, data, args)
+        record.update(
+            settings=settings,
+            date=datetime.date.today().isoformat(),
+            machine=f"{os.cpu_count()} CPU cores, {platform.machine()}",
+        )
+        records[name + json.dumps(settings)] = record
+        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+        partial = args.json + ".partial"
+        with open(partial, "w") as stream:  # stored as soon as it finishes
+            json.dump({"rows": list(records.values())}, stream, indent=2)
+        os.replace(partial, args.json)
+        _progress(f"{name}: {json.dumps(record)}")
+    _print_table(records, settings)
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
