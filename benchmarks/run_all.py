@@ -32,9 +32,8 @@ BENCHMARKS = {
         ["--epochs", "15", "--qat-epochs", "4"],
     ),
     "schedules": (
-        "Schedules on LeNet-5 (MNIST, Fashion-MNIST)",
+        "Schedules at 2 bits on LeNet-5 (Fashion-MNIST), 3 seeds",
         ["benchmarks/schedules.py"],
-        [],
         [
             "--datasets",
             "fashion_mnist",
@@ -50,6 +49,19 @@ BENCHMARKS = {
             "--seeds",
             "0",
             "1",
+            "2",
+        ],
+        [
+            "--datasets",
+            "fashion_mnist",
+            "--bits",
+            "2",
+            "--methods",
+            "naive",
+            "MPA",
+            "--epochs",
+            "2",
+            "--float-epochs",
             "2",
         ],
     ),
@@ -153,6 +165,12 @@ BENCHMARKS = {
             "--png",
             "",
         ],
+    ),
+    "coding_report": (
+        "tfq.coding.report on the digits CNN (3-bit multivalued and ternary, no fine-tuning)",
+        ["benchmarks/coding_report.py"],
+        [],
+        [],
     ),
     "latency": (
         "Host latency and file size vs tfmot int8 (LeNet-5)",

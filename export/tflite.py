@@ -301,9 +301,9 @@ def to_tflite(qmodel, representative_data, int4=False, int8_io=True, batch_size=
         shape (N, *input_shape); for several inputs a list of arrays in `qmodel.inputs`
         order or a dict keyed by the input layer names, all with the same N.
       int4: store kernels whose codebook lies on a 4-bit grid (ternary, uniform <= 4 bits,
-        per layer or per channel) as INT4, two codes per byte (about half the file); others
-        stay int8 with a warning naming them. INT4 is for size, not speed, and not for the
-        Edge TPU.
+        per layer or per channel, multivalued with `int4_grid=True`) as INT4, two codes per
+        byte (about half the file); others stay int8 with a warning naming them. INT4 is for
+        size, not speed, and not for the Edge TPU.
       int8_io: int8 model inputs and outputs, all of them (default); False keeps float32
         inputs/outputs with quantize/dequantize ops at the edges.
       batch_size: None keeps the model's batch dimension (usually dynamic: the flatbuffer's

@@ -208,7 +208,15 @@ class BoundScheme(tfmot.quantization.keras.QuantizeScheme):
         return _Registry(self.scheme, self.eight_bit_layers)
 
 
-_LAYER_OPTIONS = ("bits", "levels", "division", "mode", "entropy_weight", "sparsity")
+_LAYER_OPTIONS = (
+    "bits",
+    "levels",
+    "division",
+    "mode",
+    "entropy_weight",
+    "sparsity",
+    "int4_grid",
+)
 
 
 class Multivalued(Scheme):
@@ -228,8 +236,12 @@ class Multivalued(Scheme):
       sparsity: fraction of each layer's weights in a zero interval that quantizes to exactly
         0 (magnitude pruning inside the codebook), in [0, 1); see `MultivaluedQuantizer`.
       layers: per-layer settings, a dict layer name -> dict of any of "bits", "levels",
-        "division", "mode", "entropy_weight", "sparsity" that replace the scheme's values for
-        that layer (what `tfq.allocate_bits` produces). Layers not named use the scheme's.
+        "division", "mode", "entropy_weight", "sparsity", "int4_grid" that replace the
+        scheme's values for that layer (what `tfq.allocate_bits` produces). Layers not named
+        use the scheme's.
+      int4_grid: keep every layer's centers on its 4-bit grid (codes -7..7, at most 15
+        levels, so bits <= 3) during training, so that `tfq.export.to_tflite(..., int4=True)`
+        stores the kernels exactly as INT4 (half the int8 file); see `MultivaluedQuantizer`.
 
     Example:
       >>> scheme = Multivalued(bits=3, division="linear")
@@ -238,6 +250,9 @@ class Multivalued(Scheme):
       >>> pruned = Multivalued(bits=3, sparsity=0.9, layers={"fc2": {"levels": 5,
       ...                                                           "sparsity": 0.5}})
       >>> Multivalued.from_config(pruned.get_config()) == pruned
+      True
+      >>> four_bit = Multivalued(bits=3, int4_grid=True)  # INT4-exact codebooks
+      >>> Multivalued.from_config(four_bit.get_config()) == four_bit
       True
     """
 
@@ -251,10 +266,11 @@ class Multivalued(Scheme):
         entropy_weight=0.1,
         sparsity=0.0,
         layers=None,
+        int4_grid=False,
     ):
         super().__init__(keep_first_last_8bit)
         self._template = MultivaluedQuantizer(
-            bits, levels, division, mode, entropy_weight, sparsity
+            bits, levels, division, mode, entropy_weight, sparsity, int4_grid
         )
         self.layers = _check_layers(layers, self._template.get_config())
 

@@ -8,7 +8,7 @@ import numpy as np
 from tfquant._keras import check_keras2_model, quantized_weights, tf
 from tfquant.coding.division import divide
 from tfquant.options import Mode
-from tfquant.quantizers.base import _LEVELS_IN_INT8, check_int, nearest_level
+from tfquant.quantizers.base import check_int, nearest_level
 from tfquant.quantizers.multivalued import (
     MultivaluedQuantizer,
     interval_bounds,
@@ -368,7 +368,7 @@ class AfterStep:
 def recluster_free_weights(layer):
     """k-means on the free weights for the unfinished intervals; finished ones stay (MPA,
     end of "Fine-tuning"; SLQ's re-clustering between rounds). New centers stay on the
-    layer's int8 grid, fixed by its largest |center|."""
+    layer's int8 grid (4-bit with `int4_grid`), fixed by its largest |center|."""
     state = layer.state
     centers = state["centers"].numpy().astype(np.float64)
     bounds = state["interval_bounds"].numpy().astype(np.float64)
@@ -378,8 +378,9 @@ def recluster_free_weights(layer):
     contiguous = open_slots.size and np.all(np.diff(open_slots) == 1)
     if not contiguous or free.size < open_slots.size:
         return
-    step = np.abs(centers).max() / _LEVELS_IN_INT8
-    fresh = np.round(divide(free, open_slots.size, "kmeans") / step) * step
+    codes = layer.quantizer.grid_codes
+    step = np.abs(centers).max() / codes
+    fresh = np.clip(np.round(divide(free, open_slots.size, "kmeans") / step), -codes, codes) * step
     centers[open_slots] = np.sort(fresh)
     first, last = open_slots[0], open_slots[-1]
     bounds[first : last + 2] = interval_bounds(
@@ -390,10 +391,10 @@ def recluster_free_weights(layer):
 
 
 def settle_centers(layer):
-    """Puts a layer's centers back on their int8 grid (max|center| / 127) and every weight on
-    its nearest center, after the centers moved off it (center tuning)."""
+    """Puts a layer's centers back on their grid (max|center| / 127, or / 7 with `int4_grid`)
+    and every weight on its nearest center, after the centers moved off it (center tuning)."""
     state = layer.state
-    centers = snap_centers(state["centers"].numpy())
+    centers = snap_centers(state["centers"].numpy(), layer.quantizer.grid_codes)
     kernel = layer.kernel.numpy()
     state["centers"].assign(centers)
     state["interval_bounds"].assign(interval_bounds(centers, kernel.min(), kernel.max()))

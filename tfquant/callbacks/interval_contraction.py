@@ -214,7 +214,7 @@ class IntervalContraction(keras.callbacks.Callback):
         for layer in self._layers:
             state = layer.state
             kernel = layer.kernel.numpy()
-            centers = snap_centers(state["centers"].numpy())
+            centers = snap_centers(state["centers"].numpy(), layer.quantizer.grid_codes)
             state["centers"].assign(centers)
             state["interval_bounds"].assign(interval_bounds(centers, kernel.min(), kernel.max()))
             layer.kernel.assign(nearest_level(tf.constant(kernel), tf.constant(centers))[0])

@@ -221,6 +221,7 @@ class GradualPruning(keras.callbacks.Callback):
                     None,
                     quantizer.entropy_weight,
                     start=start,
+                    codes=quantizer.grid_codes,
                 )
                 state["centers"].assign(centers)
                 state["zero_threshold"].assign(threshold)

@@ -266,7 +266,8 @@ class IncrementalLayers(_EpochSchedule):
             kernel = layer.kernel.numpy()
             quantizer = layer.quantizer
             centers = snap_centers(
-                divide(kernel, layer.levels, quantizer.division, None, quantizer.entropy_weight)
+                divide(kernel, layer.levels, quantizer.division, None, quantizer.entropy_weight),
+                quantizer.grid_codes,
             )
             state["centers"].assign(centers)
             state["interval_bounds"].assign(interval_bounds(centers, kernel.min(), kernel.max()))

@@ -1,6 +1,7 @@
 """Multivalued (codebook) weight quantizer: k centers per layer, a frozen mask, and either
 naive snapping of every weight or masked snapping driven by a schedule (MVQ seed 000, MPA
-seed 002 Eq. 7-8). Centers are kept on the layer's int8 grid so export is lossless.
+seed 002 Eq. 7-8). Centers are kept on the layer's int8 grid (or its 4-bit grid,
+`int4_grid`) so export is lossless.
 
 With `sparsity` > 0 one center is exactly 0 and owns a zero interval [-t, t] that holds the
 `sparsity` fraction of smallest-magnitude weights (magnitude pruning, Deep Compression's first
@@ -15,27 +16,63 @@ from tfquant.options import Division, Mode
 from tfquant.quantizers.base import (
     _LEVELS_IN_INT8,
     TfquantQuantizer,
+    check_bool,
     check_float,
     check_int,
+    export_codes,
     nearest_level,
     straight_through,
 )
 
+_INT4_CODES = export_codes(4)  # 4-bit codes are -7..7
 
-def snap_centers(centers):
-    """Rounds sorted centers to the int8 grid whose step is max|center| / 127.
+
+def snap_centers(centers, codes=_LEVELS_IN_INT8):
+    """Rounds sorted centers to the grid whose step is max|center| / `codes`: the int8 grid
+    (codes -127..127) by default, the 4-bit one with `codes=7` (-7..7). On the 4-bit grid,
+    centers that round to the same code move to the nearest free codes (toward 0 first), so
+    a codebook of at most 15 centers keeps them all distinct.
 
     >>> np.allclose(snap_centers(np.array([-1.0, 0.3337, 1.0])), [-1.0, 42 / 127, 1.0])
     True
+    >>> (snap_centers(np.array([-1.0, 0.02, 0.05, 1.0]), codes=7) * 7).round().tolist()
+    [-7.0, 0.0, 1.0, 7.0]
     """
     centers = np.asarray(centers, dtype=np.float64)
     top = np.max(np.abs(centers))
-    if top < np.finfo(np.float32).tiny * _LEVELS_IN_INT8:
+    if top < np.finfo(np.float32).tiny * codes:
         # A grid step below the smallest normal float32: TF's CPU kernels flush such
         # subnormal values to 0 while NumPy keeps them, so the codebook is all zeros.
         return np.zeros(centers.shape, np.float32)
-    step = top / _LEVELS_IN_INT8
-    return np.sort(np.round(centers / step) * step).astype(np.float32)
+    step = top / codes
+    scaled = centers / step
+    if codes < _LEVELS_IN_INT8 and centers.size <= 2 * codes + 1:
+        grid = _distinct_codes(scaled, codes)
+    else:
+        grid = np.round(scaled)
+    return np.sort(grid * step).astype(np.float32)
+
+
+def _distinct_codes(scaled, codes):
+    """Rounds `scaled` (centers in units of the grid step) to distinct integers in
+    [-codes, codes]: the centers nearest their code keep it, the others take the nearest
+    free code.
+
+    >>> _distinct_codes(np.array([-7.0, -0.1, 0.2, 0.3, 7.0]), 7).tolist()
+    [-7.0, -1.0, 0.0, 1.0, 7.0]
+    """
+    scaled = np.asarray(scaled, np.float64)
+    rounded = np.round(scaled)
+    out = rounded.copy()
+    used = set()
+    for index in np.argsort(np.abs(scaled - rounded), kind="stable"):
+        code = int(rounded[index])
+        if code in used:
+            free = [c for c in range(-codes, codes + 1) if c not in used]
+            code = min(free, key=lambda c: (abs(c - scaled[index]), abs(c)))
+        used.add(code)
+        out[index] = code
+    return np.sort(out)
 
 
 def snap_with_zero_interval(kernel, centers, zero_threshold):
@@ -141,12 +178,19 @@ def zero_threshold_for(kernel, sparsity):
 
 
 def sparse_centers(
-    kernel, levels, sparsity, division="kmeans", importance=None, entropy_weight=0.1, start=None
+    kernel,
+    levels,
+    sparsity,
+    division="kmeans",
+    importance=None,
+    entropy_weight=0.1,
+    start=None,
+    codes=_LEVELS_IN_INT8,
 ):
     """Codebook with a zero interval: 0 plus `levels` - 1 centers dividing the weights outside
-    [-t, t] by `division`, on the int8 grid of max|center|; a non-zero center that would fall
-    inside the interval (a linear / exponential grid, or a cluster straddling it) moves to the
-    first grid point outside it.
+    [-t, t] by `division`, on the grid max|center| / `codes` (int8 by default, 4-bit with
+    `codes=7`); a non-zero center that would fall inside the interval (a linear / exponential
+    grid, or a cluster straddling it) moves to the first grid point outside it.
 
     Args:
       kernel: the layer's weights. levels: codebook size, >= 3. sparsity: in (0, 1).
@@ -157,6 +201,7 @@ def sparse_centers(
         sorted weights): a local optimum next to the previous one, for callers that re-divide
         often while the weights change little (`tfq.callbacks.GradualPruning` between its
         first and last update). Other divisions ignore it.
+      codes: largest grid code (`snap_centers`).
 
     Returns:
       `(centers, zero_threshold)`: sorted float32 [levels] with exactly one 0, and t.
@@ -185,9 +230,9 @@ def sparse_centers(
         others = weighted_lloyd(ordered, np.ones_like(ordered), nonzero)
     else:
         others = divide(values, levels - 1, division, extra, entropy_weight).astype(np.float64)
-    centers = snap_centers(np.concatenate([[0.0], others]))
+    centers = snap_centers(np.concatenate([[0.0], others]), codes)
     top = float(np.max(np.abs(centers)))
-    step = top / _LEVELS_IN_INT8 if top > 0 else 1.0
+    step = top / codes if top > 0 else 1.0
     zero = int(np.argmin(np.abs(centers)))
     for index in range(centers.size):
         if index != zero and abs(centers[index]) <= threshold:
@@ -254,7 +299,8 @@ def adaptation_pull(kernel, weights):
 class MultivaluedQuantizer(TfquantQuantizer):
     """Codebook quantizer with k = 2**bits (or `levels`) centers per layer.
 
-    Variables (created in `build`): `centers` [k] sorted, on the int8 grid of max|center|;
+    Variables (created in `build`): `centers` [k] sorted, on the int8 grid of max|center|
+    (the 4-bit grid with `int4_grid`);
     `frozen_mask` (kernel shape, 1 = frozen at its center); `initialized` (0/1); and the
     schedule state that `tfq.callbacks` assign between batches, so that checkpoints and
     SavedModel carry it: `interval_bounds` [k+1] (MPA Eq. 1: e_0 = min w, e_k = max w, the
@@ -289,6 +335,11 @@ class MultivaluedQuantizer(TfquantQuantizer):
         MPA interval with bounds ±t; `tfq.callbacks.PhaseAdaptation` quantizes it first by
         default (`zero_first`). The other schedules (IntervalContraction, PartitionRounds,
         IncrementalLayers) move centers by their own rules and do not keep the zero center.
+      int4_grid: keep the centers on the layer's 4-bit grid (codes -7..7, step
+        max|center| / 7) wherever they are placed or re-snapped (initialization, the
+        division, every schedule), so that `tfq.export.to_tflite(..., int4=True)` stores the
+        kernel exactly as INT4. At most 15 levels; centers that would round to the same code
+        take the nearest free ones.
 
     Example:
       >>> q = MultivaluedQuantizer(bits=2, division="linear")
@@ -299,6 +350,9 @@ class MultivaluedQuantizer(TfquantQuantizer):
       >>> pruned = MultivaluedQuantizer(bits=3, sparsity=0.9)
       >>> MultivaluedQuantizer.from_config(pruned.get_config()).sparsity
       0.9
+      >>> four_bit = MultivaluedQuantizer(bits=3, int4_grid=True)
+      >>> MultivaluedQuantizer.from_config(four_bit.get_config()).grid_codes
+      7
     """
 
     def __init__(
@@ -309,6 +363,7 @@ class MultivaluedQuantizer(TfquantQuantizer):
         mode="auto",
         entropy_weight=0.1,
         sparsity=0.0,
+        int4_grid=False,
     ):
         self.bits = check_int("bits", bits, 1, 8)
         self.levels = 2**self.bits if levels is None else check_int("levels", levels, 2, 256)
@@ -317,6 +372,19 @@ class MultivaluedQuantizer(TfquantQuantizer):
         self.mode = Mode.parse(mode, "mode")
         self.entropy_weight = check_float("entropy_weight", entropy_weight, 0.0, 1e6, False)
         self.sparsity = check_sparsity(sparsity, self.levels)
+        self.int4_grid = check_bool("int4_grid", int4_grid)
+        if self.int4_grid and self.levels > 2 * _INT4_CODES + 1:
+            given = f"levels={self.levels}" if levels is not None else f"bits={self.bits}"
+            raise ValueError(
+                f"int4_grid=True allows at most {2 * _INT4_CODES + 1} levels (codes "
+                f"-{_INT4_CODES}..{_INT4_CODES}), so bits <= 3 or levels <= "
+                f"{2 * _INT4_CODES + 1}. Received: {given} with int4_grid=True"
+            )
+
+    @property
+    def grid_codes(self):
+        """Largest code of the grid the centers live on: 7 with `int4_grid`, else 127."""
+        return _INT4_CODES if self.int4_grid else _LEVELS_IN_INT8
 
     def _build_vars(self, tensor_shape, name, layer):
         sync = tf.VariableAggregation.ONLY_FIRST_REPLICA
@@ -373,13 +441,20 @@ class MultivaluedQuantizer(TfquantQuantizer):
         kernel = np.asarray(kernel)
         if self.sparsity > 0:
             centers, threshold = sparse_centers(
-                kernel, self.levels, self.sparsity, self.division, importance, self.entropy_weight
+                kernel,
+                self.levels,
+                self.sparsity,
+                self.division,
+                importance,
+                self.entropy_weight,
+                codes=self.grid_codes,
             )
             weights["zero_threshold"].assign(threshold)
             bounds = zero_interval_bounds(centers, kernel.min(), kernel.max(), threshold)
         else:
             centers = snap_centers(
-                divide(kernel, self.levels, self.division, importance, self.entropy_weight)
+                divide(kernel, self.levels, self.division, importance, self.entropy_weight),
+                self.grid_codes,
             )
             bounds = interval_bounds(centers, kernel.min(), kernel.max())
         weights["centers"].assign(centers)
@@ -408,9 +483,13 @@ class MultivaluedQuantizer(TfquantQuantizer):
         return nearest_level(kernel, weights["centers"])[0]
 
     def grid_step(self, kernel, weights, codes=_LEVELS_IN_INT8):
-        # Centers sit on the grid max|center| / 127; other code counts are exact only if the
-        # codebook happens to lie on their grid too (`export_exact` tells).
-        return tf.reduce_max(tf.abs(weights["centers"])) / codes
+        # Centers sit on the grid max|center| / grid_codes. A finer export grid holds them when
+        # it divides it (int4_grid: 127 // 7 = 18 int8 codes per 4-bit code); other code
+        # counts are exact only if the codebook happens to lie on their grid (`export_exact`).
+        top = tf.reduce_max(tf.abs(weights["centers"]))
+        if self.int4_grid:
+            return top / (self.grid_codes * max(codes // self.grid_codes, 1))
+        return top / codes
 
     def get_config(self):
         return {
@@ -420,6 +499,7 @@ class MultivaluedQuantizer(TfquantQuantizer):
             "mode": self.mode.value,
             "entropy_weight": self.entropy_weight,
             "sparsity": self.sparsity,
+            "int4_grid": self.int4_grid,
         }
 
 

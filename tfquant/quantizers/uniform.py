@@ -36,9 +36,10 @@ def uniform(view, bits):
 class UniformQuantizer(TfquantQuantizer):
     """Symmetric uniform quantizer with 2**(bits-1) - 1 positive levels.
 
-    Levels are k * max|w| / (2**(bits-1) - 1). Exception, so that int8 export stays exact:
-    per-channel Dense and DepthwiseConv2D kernels below 8 bits round each level to the int8
-    grid max|w_c| / 127 that the converter uses for them (a shift of at most half an int8 step).
+    Levels are k * max|w| / (2**(bits-1) - 1) (max over the output channel if per-channel),
+    for every layer type: the exporter writes the codes and scales into the file itself
+    (`tfquant.export`), so at 4 bits or fewer every kernel is stored exactly as INT4 with
+    `int4=True`.
 
     Args:
       bits: width in [2, 8].
@@ -62,12 +63,6 @@ class UniformQuantizer(TfquantQuantizer):
     def _build_vars(self, tensor_shape, name, layer):
         return {}
 
-    @property
-    def _on_converter_grid(self):
-        """Per-channel Dense / DepthwiseConv2D kernels are exported without a FakeQuant, so the
-        converter picks the grid max|w_c| / 127; levels must lie on it."""
-        return self.per_channel and self.bits < 8 and (len(self._shape) == 2 or self._depthwise)
-
     def _quantize(self, inputs, training, weights):
         return straight_through(inputs, self.hard_quantize(inputs, weights))
 
@@ -75,20 +70,14 @@ class UniformQuantizer(TfquantQuantizer):
         kernel = tf.convert_to_tensor(kernel)
         view = channel_scale_view(kernel, self)
         quantized, _ = uniform(view, self.bits)
-        if self._on_converter_grid:
-            step = safe_step(tf.reduce_max(tf.abs(view), axis=0) / _LEVELS_IN_INT8)
-            quantized = tf.round(quantized / step) * step
         return from_channel_scale_view(quantized, kernel, self)
 
     def grid_step(self, kernel, weights, codes=_LEVELS_IN_INT8):
         view = channel_scale_view(tf.convert_to_tensor(kernel), self)
         _, scale = uniform(view, self.bits)
         top_code = 2 ** (self.bits - 1) - 1
-        if self._on_converter_grid:
-            step = safe_step(tf.reduce_max(tf.abs(view), axis=0) / codes)
-        else:
-            # The finest grid that still holds every level k*scale: scale / floor(codes / top).
-            step = scale / max(codes // top_code, 1)
+        # The finest grid that still holds every level k*scale: scale / floor(codes / top).
+        step = scale / max(codes // top_code, 1)
         return step if self.per_channel else step[0]
 
     def get_config(self):
