@@ -1,6 +1,6 @@
 """tfquant.export: integer TFLite export whose kernels are exactly the trained values, the
 exactness check, latency measurement (host, Android over adb, Edge TPU) and TFLite Micro's
-arena.
+arena, and TFLite Micro models that store each kernel as its codebook indices.
 """
 
 from tfquant.export.android import android_devices, parse_benchmark_model_output
@@ -13,6 +13,11 @@ from tfquant.export.edgetpu import (
 )
 from tfquant.export.flatbuffer import InvalidTfliteError
 from tfquant.export.micro import MicroReport, micro_report
+from tfquant.export.micro_compress import (
+    MicroCompressionError,
+    MicroCompressionReport,
+    to_micro,
+)
 from tfquant.export.tflite import ExportCheckError, TfliteReport, check_tflite, to_tflite
 
 __all__ = [
@@ -31,4 +36,7 @@ __all__ = [
     "android_devices",
     "micro_report",
     "MicroReport",
+    "to_micro",
+    "MicroCompressionReport",
+    "MicroCompressionError",
 ]

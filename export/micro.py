@@ -122,47 +122,76 @@ def micro_report(tfl, data=None, arena_size=None):
         raise ValueError(
             f"arena_size must be None or an integer >= 1024. Received: arena_size={arena_size!r}"
         )
-    runtime = _runtime()
     from tfquant.export.tflite import load_interpreter
 
     # TFLM trusts its input: `validate` and LiteRT's flatbuffers Verifier see the file first.
     load_interpreter(tfl, allocate=False)
-    arena_size = arena_size or (16 << 20) + len(tfl)
-    text = []
-    try:
-        interpreter = runtime.Interpreter.from_bytes(bytes(tfl), arena_size=int(arena_size))
-        with _captured_output(text):
-            interpreter.print_allocations()
-    except RuntimeError as error:
-        raise ValueError(f"tfl does not load in TFLite Micro: {error}") from error
-    total, head, tail = parse_allocations(text[0])
-    report = MicroReport(arena_bytes=total, head_bytes=head, tail_bytes=tail)
+    interpreter, report = load_micro(tfl, arena_size)
     if data is None:
         return report
 
-    from tfquant.export.tflite import check_input_data, run_tflite
+    from tfquant.export.tflite import run_tflite
 
-    detail = interpreter.get_input_details(0)
-    if np.dtype(detail["dtype"]) != np.int8:
-        raise ValueError(
-            "micro_report runs int8-input models (to_tflite's default int8_io=True). Received: "
-            f"input dtype {np.dtype(detail['dtype']).name}"
-        )
-    data = check_input_data(data, tuple(detail["shape"][1:]), "data", "tfl's input")
-    scale = float(detail["quantization_parameters"]["scales"][0])
-    zero = int(detail["quantization_parameters"]["zero_points"][0])
+    micro = run_micro(interpreter, data)
     output = interpreter.get_output_details(0)
     out_scale = float(output["quantization_parameters"]["scales"][0])
     out_zero = int(output["quantization_parameters"]["zero_points"][0])
-    micro = []
-    for sample in data:
-        codes = np.clip(np.round(sample[None] / scale + zero), -128, 127).astype(np.int8)
-        interpreter.set_input(codes.reshape(detail["shape"]), 0)
-        interpreter.invoke()
-        micro.append(interpreter.get_output(0).reshape(-1).astype(np.int32))
-    micro = np.stack(micro)
     reference = np.round(run_tflite(tfl, data).reshape(len(data), -1) / out_scale + out_zero)
     report.samples = len(data)
     report.agreement = float(np.mean(micro.argmax(-1) == reference.argmax(-1)))
     report.max_output_difference = int(np.max(np.abs(micro - reference)))
     return report
+
+
+def load_micro(tfl, arena_size=None, decode_buffer=0):
+    """`(interpreter, MicroReport)`: `tfl` (already validated by the caller) loaded in TFLite
+    Micro with `arena_size` bytes (default: 16 MiB + the file size), and the arena it used.
+    `decode_buffer` > 0 gives TFLM that many bytes of separate memory for what DECODE
+    operators expand (its `alt_decompression_memory_size`), outside the arena.
+
+    Raises:
+      TargetUnavailableError: the `tflite-micro` package is not installed.
+      ValueError: the model does not load in TFLM.
+    """
+    runtime = _runtime()
+    arena_size = arena_size or (16 << 20) + len(tfl)
+    text = []
+    try:
+        interpreter = runtime.Interpreter.from_bytes(
+            bytes(tfl),
+            arena_size=int(arena_size),
+            alt_decompression_memory_size=int(decode_buffer),
+        )
+        with _captured_output(text):
+            interpreter.print_allocations()
+    except RuntimeError as error:
+        raise ValueError(f"tfl does not load in TFLite Micro: {error}") from error
+    total, head, tail = parse_allocations(text[0])
+    return interpreter, MicroReport(arena_bytes=total, head_bytes=head, tail_bytes=tail)
+
+
+def run_micro(interpreter, data):
+    """The int8 outputs (N, outputs) of a one-input TFLM `interpreter` (from `load_micro`) on
+    float `data` (N, *input_shape), quantized to its int8 input one sample at a time.
+
+    Raises:
+      ValueError: the model's input is not int8, or `data` does not fit it.
+    """
+    from tfquant.export.tflite import check_input_data
+
+    detail = interpreter.get_input_details(0)
+    if np.dtype(detail["dtype"]) != np.int8:
+        raise ValueError(
+            "TFLite Micro runs int8-input models here (to_tflite's default int8_io=True). "
+            f"Received: input dtype {np.dtype(detail['dtype']).name}"
+        )
+    data = check_input_data(data, tuple(detail["shape"][1:]), "data", "tfl's input")
+    scale = float(detail["quantization_parameters"]["scales"][0])
+    zero = int(detail["quantization_parameters"]["zero_points"][0])
+    outputs = []
+    for sample in data:
+        codes = np.clip(np.round(sample[None] / scale + zero), -128, 127).astype(np.int8)
+        interpreter.set_input(codes.reshape(detail["shape"]), 0)
+        interpreter.invoke()
+        outputs.append(interpreter.get_output(0).reshape(-1).astype(np.int32))
+    return np.stack(outputs)

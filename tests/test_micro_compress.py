@@ -1,0 +1,192 @@
+"""TFLite Micro models that store each kernel as its codebook indices (`to_micro`): LUT per
+tensor, per channel and BatchNorm-folded, the pruning encoder, a codebook too large for a LUT,
+the proof (identical outputs, LUTs read back) and bad input."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import tfquant as tfq
+from tests.conftest import compile_model
+from tfquant import export
+from tfquant.export import micro_compress
+from tfquant.export.folding import exact_kernels
+from tfquant.export.tflite import export_copy
+
+keras = tfq.keras
+
+
+def _trained(model, scheme, digits):
+    (x, y), _ = digits
+    qmodel = compile_model(tfq.quantize_model(model, scheme))
+    qmodel.fit(x[:256], y[:256], epochs=1, batch_size=32, verbose=0)
+    return qmodel
+
+
+def _codes(qmodel):
+    kernels, _ = exact_kernels(export_copy(qmodel))
+    return {k.layer: k for k in kernels}
+
+
+@pytest.fixture(scope="module")
+def multivalued(float_model, digits):
+    qmodel = _trained(float_model, tfq.schemes.Multivalued(bits=3), digits)
+    (x, _), _ = digits
+    return qmodel, export.to_tflite(qmodel, x[:32], batch_size=1)
+
+
+def test_per_layer_codebook_is_a_3_bit_lut_with_identical_outputs(multivalued, digits):
+    qmodel, int8_tfl = multivalued
+    (x, _), _ = digits
+    micro_tfl, report = export.to_micro(qmodel, x[:32], int8_tflite=int8_tfl)
+    assert report.identical_outputs and report.samples == 32
+    assert report.int8_bytes == len(int8_tfl) and report.micro_bytes == len(micro_tfl)
+    assert report.ratio < 0.55 and 3.0 <= report.bits_per_weight < 3.2
+    trained = _codes(qmodel)
+    assert [k.layer for k in report.kernels] == list(trained)
+    for kernel in report.kernels:
+        assert (kernel.encoding, kernel.index_bits, kernel.codes_read_back) == (
+            "lut per tensor",
+            3,
+            True,
+        )
+        # The table read back from the file is the layer's trained codebook, as int8 codes.
+        assert kernel.table_values == np.unique(trained[kernel.layer].codes).tolist()
+    assert report.micro_arena_bytes >= report.int8_arena_bytes
+    assert report.decode_buffer_bytes >= 64 * 512  # fc1's kernel, expanded
+    assert report.split_arena_bytes < report.micro_arena_bytes
+    decoded = micro_compress.decoded_kernels(micro_tfl)
+    assert len(decoded) == 4
+    config = report.get_config()
+    assert micro_compress.MicroCompressionReport(**config).get_config() == config
+
+
+def test_per_channel_codebooks(float_model, digits):
+    (x, _), _ = digits
+    qmodel = _trained(float_model, tfq.schemes.Ternary(per_channel=True), digits)
+    _, report = export.to_micro(qmodel, x[:16])
+    assert report.identical_outputs
+    for kernel in report.kernels:
+        # Per-channel ternary: per-channel scales, one table per output channel.
+        assert kernel.encoding == "lut per channel" and kernel.index_bits == 2
+        assert kernel.codes_read_back
+
+
+def test_batchnorm_folded_conv_keeps_one_table(digits):
+    (x, y), _ = digits
+    layers = keras.layers
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            layers.Conv2D(8, 3, use_bias=False, name="conv"),
+            layers.BatchNormalization(name="bn"),
+            layers.ReLU(name="relu"),
+            layers.Flatten(name="flatten"),
+            layers.Dense(10, name="logits"),
+        ]
+    )
+    compile_model(model).fit(x[:256], y[:256], epochs=2, verbose=0)
+    qmodel = _trained(model, tfq.schemes.Multivalued(bits=3), digits)
+    conv = _codes(qmodel)["quant_conv"]
+    assert conv.batchnorm is not None  # stored with per-channel scales, the same codes
+    _, report = export.to_micro(qmodel, x[:16])
+    kernel = {k.layer: k for k in report.kernels}["quant_conv"]
+    # Per-channel scales: TFLM reads it with one table per channel (all holding the codes).
+    assert kernel.encoding == "lut per channel" and kernel.index_bits == 3
+    trained = set(np.unique(conv.folded()[0]).tolist())
+    assert trained <= set(kernel.table_values) <= trained | {0}  # tables padded with 0
+    assert report.identical_outputs
+
+
+def test_codebook_over_128_values_stays_int8_with_a_warning(float_model, digits):
+    (x, _), _ = digits
+    qmodel = _trained(float_model, tfq.schemes.Uniform(bits=8, per_channel=False), digits)
+    with pytest.warns(UserWarning, match=r"stay int8.*quant_fc1 \(its codebook has 25\d values"):
+        micro_tfl, report = export.to_micro(qmodel, x[:8])
+    assert all(k.encoding == "int8" for k in report.kernels)
+    assert len(report.uncompressed) == 4 and report.identical_outputs
+
+
+def test_sparse_kernels_through_the_prune_encoder(float_model, digits):
+    (x, _), _ = digits
+    sparse = keras.models.clone_model(float_model)
+    sparse.set_weights(float_model.get_weights())
+    rng = np.random.default_rng(0)
+    for layer in sparse.layers:
+        if layer.get_weights():
+            kernel, bias = layer.get_weights()
+            kernel[rng.random(kernel.shape) < 0.98] = 0.0
+            layer.set_weights([kernel, bias])
+    qmodel = _trained(sparse, tfq.schemes.Ternary(), digits)
+    int8_tfl = export.to_tflite(qmodel, x[:16], batch_size=1)
+    _, pruned = export.to_micro(qmodel, x[:16], encoding="prune", int8_tflite=int8_tfl)
+    _, lut = export.to_micro(qmodel, x[:16], int8_tflite=int8_tfl)
+    _, best = export.to_micro(qmodel, x[:16], encoding="smallest", int8_tflite=int8_tfl)
+    assert pruned.identical_outputs and best.identical_outputs
+    fc1 = {k.layer: k for k in pruned.kernels}["quant_fc1"]
+    assert fc1.encoding == "prune" and fc1.codes_read_back
+    # The format: 1 bit per weight, a 16-byte header, one byte per non-zero code.
+    nonzero = np.count_nonzero(_codes(qmodel)["quant_fc1"].codes)
+    assert fc1.stored_bytes == 32768 // 8 + 16 + nonzero < 32768 // 4
+    assert best.micro_bytes <= min(lut.micro_bytes, pruned.micro_bytes)
+
+
+def test_prune_format_against_the_decoder_spec():
+    # One bit per element, most significant bit first; 1: the next value, 0: the zero point.
+    values = np.array(
+        [[0, 5, 0, 0, 0, 0, 0, -7], [0, 0, 0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 2, 0, 0, 0]]
+    )
+    mask, nonzero = micro_compress.prune_encode(values.astype(np.int8))
+    assert mask == bytes([0b01000001, 0, 0b10001000]) and nonzero.tolist() == [5, -7, 1, 2]
+    shape = values.shape
+    assert np.array_equal(micro_compress.prune_decode(mask, nonzero, shape), values)
+    # Per-channel zero points, channels last (DEPTHWISE_CONV_2D's layout).
+    zero_points = np.array([1, 0], np.int8)
+    channels_last = np.array([[1, 0], [3, 0], [1, 4]], np.int8)
+    mask, nonzero = micro_compress.prune_encode(channels_last, zero_points, axis=1)
+    assert mask == bytes([0b00100100]) and nonzero.tolist() == [3, 4]
+    back = micro_compress.prune_decode(mask, nonzero, (3, 2), zero_points, axis=1)
+    assert np.array_equal(back, channels_last)
+    with pytest.raises(ValueError, match="marks 2 values but 1 follow"):
+        micro_compress.prune_decode(mask, nonzero[:1], (3, 2), zero_points, axis=1)
+
+
+def test_the_proof_fails_loudly(multivalued, digits, monkeypatch):
+    qmodel, int8_tfl = multivalued
+    (x, _), _ = digits
+    real_run = micro_compress.run_micro
+    calls = []
+
+    def off_by_one_on_the_second_model(interpreter, data):
+        calls.append(1)
+        out = real_run(interpreter, data)
+        return out + 1 if len(calls) == 2 else out
+
+    monkeypatch.setattr(micro_compress, "run_micro", off_by_one_on_the_second_model)
+    with pytest.raises(export.MicroCompressionError, match="differ from the int8 model's on 8"):
+        export.to_micro(qmodel, x[:8], int8_tflite=int8_tfl)
+    monkeypatch.setattr(micro_compress, "run_micro", real_run)
+    real_decode = micro_compress._decode
+
+    monkeypatch.setattr(micro_compress, "_decode", lambda *a: (real_decode(*a)[0] * 0, None))
+    with pytest.raises(export.MicroCompressionError, match="decodes to other values"):
+        export.to_micro(qmodel, x[:8], int8_tflite=int8_tfl)
+
+
+def test_bad_input_names_the_argument(multivalued, digits, float_model):
+    qmodel, int8_tfl = multivalued
+    (x, _), _ = digits
+    with pytest.raises(ValueError, match=r"encoding must be one of .*Received: encoding='zip'"):
+        export.to_micro(qmodel, x[:8], encoding="zip")
+    with pytest.raises(TypeError, match="int8_tflite must be None or the bytes"):
+        export.to_micro(qmodel, x[:8], int8_tflite="model.tflite")
+    with pytest.raises(ValueError, match="arena_size must be None or an integer >= 1024"):
+        export.to_micro(qmodel, x[:8], arena_size=16)
+    with pytest.raises(ValueError, match="representative_data"):
+        export.to_micro(qmodel, np.zeros((4, 3, 3, 1)))
+    other = _trained(float_model, tfq.schemes.Ternary(), digits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="int8_tflite holds none of qmodel's tfquant kernels"):
+            export.to_micro(other, x[:8], int8_tflite=int8_tfl)
