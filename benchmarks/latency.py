@@ -10,6 +10,7 @@ speed); INT4 file <= 0.55 x the int8 file of the same QAT model.
 import argparse
 import json
 import os
+import sys
 
 import numpy as np
 import tensorflow_model_optimization as tfmot
@@ -21,22 +22,14 @@ from tfquant.export import flatbuffer
 from tfquant.export.tflite import run_tflite
 from tfquant.models import compile_classifier, datasets, lenet5
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peers import tfmot_tflite  # noqa: E402
+
 
 def _tfmot_int8(float_model, x, y, calibration):
     qat = compile_classifier(tfmot.quantization.keras.quantize_model(float_model), 2e-4)
     qat.fit(x, y, epochs=1, batch_size=128, verbose=0)
-
-    def representative():
-        for sample in calibration:
-            yield [sample[None]]
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(qat)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    return converter.convert()
+    return tfmot_tflite(qat, calibration)
 
 
 #: Bytes of the int8 file of the same QAT model, by INT4 row name (filled by `_ours`).

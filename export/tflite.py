@@ -782,12 +782,18 @@ def _kernel_check(kernel, candidate, levels, quantizer=""):
             best = (exact, error, fold)
         if exact:
             break  # the first exact way, in the order tried (BatchNorm, none, estimated)
+    return _verdict(kernel.layer, kernel.values(), candidate, best, levels, quantizer, "codes")
+
+
+def _verdict(layer, values, candidate, best, levels, quantizer, exactness):
+    """The `KernelCheck` of the best `(exact, error, fold)` found for one kernel; a kernel that
+    no fold explains is "input factor" when the converter scaled its input features."""
     exact, error, fold = best
-    if not exact and _input_factor_folded(kernel.values(), candidate):
+    if not exact and _input_factor_folded(values, candidate):
         fold = "input factor"
     codes = candidate.codes if candidate.codes is not None else candidate.values
     return KernelCheck(
-        layer=kernel.layer,
+        layer=layer,
         tflite_tensor=candidate.name,
         shape=candidate.shape,
         codes=int(np.unique(codes).size),
@@ -797,6 +803,7 @@ def _kernel_check(kernel, candidate, levels, quantizer=""):
         stored_type=candidate.stored_type,
         fold=fold,
         quantizer=quantizer,
+        exactness=exactness,
     )
 
 
@@ -888,22 +895,8 @@ def _rounded_check(kernel, candidate):
             best = (exact, error, fold)
         if exact:
             break
-    exact, error, fold = best
-    if not exact and _input_factor_folded(kernel.values, candidate):
-        fold = "input factor"
-    codes = candidate.codes if candidate.codes is not None else candidate.values
-    return KernelCheck(
-        layer=kernel.layer,
-        tflite_tensor=candidate.name,
-        shape=candidate.shape,
-        codes=int(np.unique(codes).size),
-        codebook_size=kernel.levels,
-        max_abs_error=error,
-        exact=bool(exact),
-        stored_type=candidate.stored_type,
-        fold=fold,
-        quantizer=kernel.quantizer,
-        exactness="rounding",
+    return _verdict(
+        kernel.layer, kernel.values, candidate, best, kernel.levels, kernel.quantizer, "rounding"
     )
 
 

@@ -59,6 +59,17 @@ def entropy_bits(values):
     return float(-(p * np.log2(p)).sum())
 
 
+def _distinct_and_entropy(quantized, view=None):
+    """Distinct values and entropy (bits per weight) of a quantized kernel: over the whole
+    kernel, or with `view` ([N, C], per-channel codebooks) the largest per-channel count and
+    the mean per-channel entropy."""
+    if view is None:
+        return int(np.unique(quantized).size), entropy_bits(quantized)
+    distinct = max(np.unique(view[:, c]).size for c in range(view.shape[1]))
+    entropy = float(np.mean([entropy_bits(view[:, c]) for c in range(view.shape[1])]))
+    return int(distinct), entropy
+
+
 def _summarize_other(wrapper, weight, quantizer, quantizer_vars):
     """A weight under a quantizer that is not tfquant's (tfmot's `LastValueQuantizer`, ...):
     its values as that quantizer outputs them, `num_bits` per weight, one float32 scale per
@@ -68,13 +79,9 @@ def _summarize_other(wrapper, weight, quantizer, quantizer_vars):
     bits = int(getattr(quantizer, "num_bits", 8))
     levels = 2**bits - int(bool(getattr(quantizer, "narrow_range", False)))
     per_axis = bool(getattr(quantizer, "per_axis", False))
-    if per_axis:
-        view = quantized.reshape(-1, quantized.shape[-1])
-        distinct = max(np.unique(view[:, c]).size for c in range(view.shape[1]))
-        entropy = float(np.mean([entropy_bits(view[:, c]) for c in range(view.shape[1])]))
-        scales = view.shape[1]
-    else:
-        distinct, entropy, scales = np.unique(quantized).size, entropy_bits(quantized), 1
+    view = quantized.reshape(-1, quantized.shape[-1]) if per_axis else None
+    distinct, entropy = _distinct_and_entropy(quantized, view)
+    scales = view.shape[1] if per_axis else 1
     return LayerSummary(
         layer=wrapper.name,
         quantizer=type(quantizer).__name__,
@@ -96,15 +103,10 @@ def _summarize(wrapper, weight, quantizer, quantizer_vars):
     kernel = weight.numpy()
     quantized = np.asarray(quantizer.hard_quantize(kernel, quantizer_vars))
     levels = int(quantizer.levels)
-    if quantizer.per_channel:
-        view = np.asarray(quantizer.channel_view(quantized))
-        distinct = max(np.unique(view[:, c]).size for c in range(view.shape[1]))
-        entropy = float(np.mean([entropy_bits(view[:, c]) for c in range(view.shape[1])]))
-        codebook_floats = view.shape[1] * quantizer.codebook_floats()
-    else:
-        distinct = np.unique(quantized).size
-        entropy = entropy_bits(quantized)
-        codebook_floats = quantizer.codebook_floats()
+    view = np.asarray(quantizer.channel_view(quantized)) if quantizer.per_channel else None
+    distinct, entropy = _distinct_and_entropy(quantized, view)
+    channels = view.shape[1] if quantizer.per_channel else 1
+    codebook_floats = channels * quantizer.codebook_floats()
     frozen = 1.0
     if "frozen_mask" in quantizer_vars and getattr(quantizer, "mode", None) == "masked":
         frozen = float(np.mean(quantizer_vars["frozen_mask"].numpy()))
