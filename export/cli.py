@@ -2,9 +2,13 @@
 a JSON model card (sizes, ops, codebooks, exactness, agreement, latency).
 
     python -m tfquant.export --model=qmodel_savedmodel --out=model.tflite \\
-        --representative=mnist [--int4] [--benchmark=host] [--micro] [--report=card.json]
+        --representative=mnist [--int4] [--benchmark=host] [--micro] [--report=card.json] \\
+        [--micro_compress[=lut|prune|smallest]]
 
-Nothing is overwritten without --overwrite; files are written atomically.
+--micro_compress also writes a TensorFlow Lite Micro model whose tfquant kernels are stored as
+their trained codebook indices (`tfq.export.to_micro`) next to --out, as <out stem>.micro.tflite,
+after proving it computes exactly what the int8 model computes; `--micro_compress` alone means
+`--micro_compress=lut`. Nothing is overwritten without --overwrite; files are written atomically.
 """
 
 import collections
@@ -12,6 +16,7 @@ import dataclasses
 import json
 import os
 import sys
+import warnings
 
 import numpy as np
 from absl import flags
@@ -21,6 +26,7 @@ from tfquant import _cli
 _PROGRAM = "python -m tfquant.export"
 _DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 _TARGETS = ("host", "android", "edgetpu")
+_MICRO_ENCODINGS = ("lut", "prune", "smallest")  # tfquant.export.micro_compress.ENCODINGS
 
 # A private flag set: importing this module never touches absl's global FLAGS.
 FLAGS = flags.FlagValues()
@@ -63,8 +69,24 @@ flags.DEFINE_string(
 flags.DEFINE_bool(
     "micro", False, "Run the model in TFLite Micro and report its tensor arena.", flag_values=FLAGS
 )
+flags.DEFINE_enum(
+    "micro_compress",
+    None,
+    _MICRO_ENCODINGS,
+    "Also write a TFLite Micro model next to --out (<out stem>.micro.tflite) whose tfquant "
+    "kernels are stored as their codebook indices: lut (a look-up table per tensor or per "
+    "channel; the default when the flag is given without a value), prune (bitmask + non-zero "
+    "codes) or smallest (per kernel). Its outputs are proved identical to the int8 model's in "
+    "TFLite Micro; its sizes and arenas go into the --report card.",
+    flag_values=FLAGS,
+)
 flags.DEFINE_string("report", None, "Path of the JSON model card to write.", flag_values=FLAGS)
-flags.DEFINE_bool("overwrite", False, "Replace existing --out / --report files.", flag_values=FLAGS)
+flags.DEFINE_bool(
+    "overwrite",
+    False,
+    "Replace existing --out / --report / --micro_compress files.",
+    flag_values=FLAGS,
+)
 
 
 class UsageError(ValueError):
@@ -84,6 +106,11 @@ def _check_flags(values):
             raise UsageError(
                 f"--{name}={path} exists; pass --overwrite to replace it (nothing was written)."
             )
+    if values.micro_compress and os.path.exists(micro_path(values.out)) and not values.overwrite:
+        raise UsageError(
+            f"--micro_compress writes {micro_path(values.out)}, which exists; pass --overwrite "
+            "to replace it (nothing was written)."
+        )
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise UsageError(f"--{name}={path}: its folder does not exist.")
     if values.benchmark is not None and values.benchmark not in _TARGETS:
@@ -99,6 +126,30 @@ def _check_flags(values):
             f"--representative must be one of {', '.join(_DATASETS)} or an .npz file. "
             f"Received: --representative={rep}"
         )
+
+
+def micro_path(out):
+    """Where --micro_compress writes the TFLite Micro model: next to `out`, its stem plus
+    `.micro.tflite`.
+
+    >>> micro_path("models/lenet.tflite")
+    'models/lenet.micro.tflite'
+    """
+    stem, extension = os.path.splitext(out)
+    return (stem if extension == ".tflite" else out) + ".micro.tflite"
+
+
+def with_bare_micro_compress(args):
+    """`args` with a bare `--micro_compress` (before any `--`) spelled `--micro_compress=lut`:
+    absl would otherwise take the next argument as the flag's value.
+
+    >>> with_bare_micro_compress(["--micro_compress", "--out=m.tflite", "--", "--micro_compress"])
+    ['--micro_compress=lut', '--out=m.tflite', '--', '--micro_compress']
+    """
+    args = list(args)
+    end = args.index("--") if "--" in args else len(args)
+    bare = ("--micro_compress", "-micro_compress")
+    return [f"{a}=lut" if a in bare and i < end else a for i, a in enumerate(args)]
 
 
 def representative_data(spec, samples, input_shape, input_names=None, output_names=None):
@@ -203,11 +254,12 @@ def export_model(values, print_fn=print):
         list(qmodel.input_names),
         list(qmodel.output_names),
     )
-    if values.micro and len(shapes) > 1:
-        raise UsageError(
-            f"--micro runs one-input models; the model has {len(shapes)} inputs "
-            f"{list(qmodel.input_names)}."
-        )
+    for name in ("micro", "micro_compress"):
+        if getattr(values, name) and len(shapes) > 1:
+            raise UsageError(
+                f"--{name} runs one-input models; the model has {len(shapes)} inputs "
+                f"{list(qmodel.input_names)}."
+            )
     tfl = export.to_tflite(qmodel, representative_data=calibration, int4=values.int4)
     report = export.check_tflite(tfl, qmodel, check, labels, strict=False)
     card = {
@@ -254,6 +306,8 @@ def export_model(values, print_fn=print):
         card["latency"] = _latency(tfl, values, print_fn)
     if values.micro:
         card["micro"] = _micro(tfl, check, print_fn)
+    if values.micro_compress:
+        card["micro_compress"] = _micro_compress(qmodel, calibration, values, print_fn)
     if values.report:
         text = json.dumps(card, indent=2, sort_keys=True, default=str).encode()
         write_atomic(text, values.report)
@@ -294,12 +348,40 @@ def _micro(tfl, check, print_fn):
     return report.get_config()
 
 
+def _micro_compress(qmodel, calibration, values, print_fn):
+    """Writes the `to_micro` model next to --out; returns its card entry (sizes, arenas, the
+    encoding of every kernel), or `{"encoding", "error"}` when it cannot be made or proved."""
+    from tfquant import export
+    from tfquant.export.tflite import write_atomic
+
+    path, encoding = micro_path(values.out), values.micro_compress
+    try:
+        with warnings.catch_warnings():  # kernels left int8 are printed from the report
+            warnings.simplefilter("ignore")
+            micro_tfl, report = export.to_micro(qmodel, calibration, encoding=encoding)
+    except (export.TargetUnavailableError, export.MicroCompressionError) as error:
+        print_fn(f"TFLite Micro model (--micro_compress={encoding}) not written: {error}")
+        return {"encoding": encoding, "error": str(error)}
+    if report.uncompressed:
+        print_fn(f"--micro_compress: these kernels stay int8: {'; '.join(report.uncompressed)}")
+    write_atomic(micro_tfl, path)
+    card = {"file": os.path.basename(path), "encoding": encoding, **report.get_config()}
+    card.update(ratio=report.ratio, bits_per_weight=report.bits_per_weight)
+    print_fn(
+        f"wrote {path}: {report.micro_bytes} bytes ({report.ratio:.2f} x the int8 file's "
+        f"{report.int8_bytes}), {report.bits_per_weight:.2f} bits per kernel weight, outputs "
+        f"identical to the int8 model in TFLite Micro on {report.samples} samples, arena "
+        f"{report.micro_arena_bytes} bytes (int8: {report.int8_arena_bytes})"
+    )
+    return card
+
+
 def main(argv=None):
     """Entry point; returns the process exit status (0 ok or --help, 1 check failed, 2 usage
     error). `argv` includes the program name (default `sys.argv`)."""
     argv = list(sys.argv if argv is None else argv)
     try:
-        _cli.parse(FLAGS, argv[1:], _PROGRAM, __doc__)
+        _cli.parse(FLAGS, with_bare_micro_compress(argv[1:]), _PROGRAM, __doc__)
         card = export_model(FLAGS)
     except _cli.HelpRequested:
         return 0
@@ -310,6 +392,8 @@ def main(argv=None):
         return 2
     finally:
         FLAGS.unparse_flags()
-    if not card["exact"] or any(card.get(k, {}).get("error") for k in ("latency", "micro")):
+    if not card["exact"] or any(
+        card.get(k, {}).get("error") for k in ("latency", "micro", "micro_compress")
+    ):
         return 1
     return 0

@@ -8,7 +8,8 @@ in the tensor's own type, so here the int8 codes; one table for the tensor, or o
 channel. Its runtime reads a single table correctly only for a tensor with one scale (a
 per-layer codebook); a tensor with per-channel scales (per-channel codebooks, and
 BatchNorm-folded convs, whose codes are the same in every channel) gets one table per channel,
-which costs 2**bits bytes per channel.
+all as long as the longest (shorter ones padded with 0; the header's stride says how long), so
+a channel using fewer values than others decodes correctly.
 The pruning format is one bit per weight (1: the value follows, 0: the zero point),
 most significant bit first, then the non-zero values in order: about 1 bit per weight plus
 8 per non-zero, so it beats a 2-bit LUT only below 1/8 density.

@@ -1,5 +1,6 @@
 """`python -m tfquant.export` end to end on a SavedModel made here; INT4 read from the
-flatbuffer; files never overwritten without --overwrite."""
+flatbuffer; the TFLite Micro model of --micro_compress; files never overwritten without
+--overwrite."""
 
 import dataclasses
 import hashlib
@@ -50,6 +51,7 @@ def test_cli_end_to_end_in_a_subprocess(multivalued_savedmodel, tmp_path):
         "--benchmark=host",
         "--runs=5",
         "--micro",
+        "--micro_compress",  # alone: lut
         f"--report={report}",
     ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -67,6 +69,17 @@ def test_cli_end_to_end_in_a_subprocess(multivalued_savedmodel, tmp_path):
     assert card["latency"]["target"] == "host" and card["latency"]["median_us"] > 0
     assert card["int4_fraction"] == 0.0
     assert card["micro"]["arena_bytes"] > 0 and card["micro"]["agreement"] >= 0.98
+    micro = card["micro_compress"]
+    micro_file = tmp_path / "m.micro.tflite"
+    assert micro["file"] == micro_file.name and micro["encoding"] == "lut"
+    assert micro["micro_bytes"] == micro_file.stat().st_size < 0.6 * micro["int8_bytes"]
+    assert micro["identical_outputs"] and micro["ratio"] == pytest.approx(
+        micro["micro_bytes"] / micro["int8_bytes"]
+    )
+    assert 3.0 <= micro["bits_per_weight"] < 3.2
+    assert micro["micro_arena_bytes"] >= micro["int8_arena_bytes"] > 0
+    assert [k["encoding"] for k in micro["kernels"]] == ["lut per tensor"] * 4
+    assert "m.micro.tflite" in done.stdout
 
 
 def _run(*args):
@@ -94,6 +107,7 @@ def test_existing_files_are_never_overwritten(multivalued_savedmodel, tmp_path, 
         (["--model=m", "--out=x.tflite", "--samples=0"], "--samples must be >= 1"),
         (["--model=no/such/dir", "--out=x.tflite"], "does not exist"),
         (["--model=m", "--out=x.tflite", "--bogus=1"], "bogus"),
+        (["--model=m", "--out=x.tflite", "--micro_compress=zip"], "--micro_compress=zip"),
     ],
 )
 def test_bad_flags_name_the_flag(args, message, tmp_path, capsys, monkeypatch):
@@ -103,6 +117,24 @@ def test_bad_flags_name_the_flag(args, message, tmp_path, capsys, monkeypatch):
     assert _run(*args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x.tflite").exists()
+
+
+def test_existing_micro_model_is_never_overwritten(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "saved_model.pb").write_bytes(b"")
+    (tmp_path / "x.micro.tflite").write_bytes(b"keep me")
+    assert _run("--model=m", "--out=x.tflite", "--micro_compress") == 2
+    error = capsys.readouterr().err
+    assert "x.micro.tflite" in error and "--overwrite" in error
+    assert (tmp_path / "x.micro.tflite").read_bytes() == b"keep me"
+    assert not (tmp_path / "x.tflite").exists()
+    assert cli.micro_path("x") == "x.micro.tflite"
+
+
+def test_help_lists_micro_compress(capsys):
+    assert _run("--help") == 0
+    assert "--micro_compress: <lut|prune|smallest>" in capsys.readouterr().out
 
 
 def test_npz_representative_with_wrong_shape(multivalued_savedmodel, tmp_path, capsys):

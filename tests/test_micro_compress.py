@@ -73,6 +73,33 @@ def test_per_channel_codebooks(float_model, digits):
         assert kernel.codes_read_back
 
 
+def test_per_channel_tables_of_channels_using_fewer_values(float_model, digits):
+    # Channels using 1 or 2 of the 3 ternary codes: the tables differ in length, TFLM steps
+    # through them by the ancillary header's stride (the longest table, shorter ones padded).
+    (x, _), _ = digits
+    qmodel = _trained(float_model, tfq.schemes.Ternary(per_channel=True), digits)
+    for layer in ("quant_conv1", "quant_fc1"):
+        kernel = [w for w in qmodel.get_layer(layer).weights if w.name.endswith("kernel:0")][0]
+        values = kernel.numpy()
+        values[..., 0] = 0.0  # one code: 0
+        values[..., 1] = np.abs(values[..., 1])  # two codes: 0 and +
+        kernel.assign(values)
+    trained = _codes(qmodel)
+    conv1_codes = trained["quant_conv1"].codes  # (16, 3, 3, 1), channels first
+    assert {1, 2} <= {len(np.unique(row)) for row in conv1_codes.reshape(16, -1)}
+    micro_tfl, report = export.to_micro(qmodel, x[:16])
+    assert report.identical_outputs
+    decoded = micro_compress.decoded_kernels(micro_tfl)
+    for kernel in report.kernels:
+        assert kernel.encoding == "lut per channel" and kernel.codes_read_back
+        _, tables = decoded[f"{kernel.tensor}_decoded"]
+        assert tables.shape[1] == 3  # stride: the longest table
+    conv1 = {k.layer: k for k in report.kernels}["quant_conv1"]
+    values, tables = decoded[f"{conv1.tensor}_decoded"]
+    assert np.array_equal(values, conv1_codes)
+    assert tables[0].tolist() == [0, 0, 0]  # the all-zero channel: [0], padded
+
+
 def test_batchnorm_folded_conv_keeps_one_table(digits):
     (x, y), _ = digits
     layers = keras.layers
