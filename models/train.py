@@ -23,12 +23,20 @@ from tfquant.models import datasets
 from tfquant.models.classifier import compile_classifier
 from tfquant.models.digits import digits_cnn
 from tfquant.models.lenet import lenet5, lenet300_100
-from tfquant.models.mobilenet import tiny_mobilenet
+from tfquant.models.mobilenet import mobilenet_v2, tiny_mobilenet
 from tfquant.models.resnet import resnet20, resnet32
 
 logger = logging.getLogger("tfquant")
 
-MODELS = ("digits_cnn", "lenet5", "lenet300_100", "resnet20", "resnet32", "tiny_mobilenet")
+MODELS = (
+    "digits_cnn",
+    "lenet5",
+    "lenet300_100",
+    "resnet20",
+    "resnet32",
+    "tiny_mobilenet",
+    "mobilenet_v2",
+)
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 SCHEMES = ("multivalued", "ternary", "lqnets", "uniform", "none")
 #: "none" and "naive" both fine-tune with every weight snapped from the first step.
@@ -162,6 +170,7 @@ def build_model(name, input_shape, classes=10, seed=0):
         "resnet20": resnet20,
         "resnet32": resnet32,
         "tiny_mobilenet": lambda **kw: tiny_mobilenet(batch_size=None, **kw),
+        "mobilenet_v2": lambda **kw: mobilenet_v2(alpha=0.35, **kw),
     }
     try:
         return builders[name](input_shape=input_shape, classes=classes, seed=seed)

@@ -102,3 +102,12 @@ def test_mobilenet_v2_arguments_are_checked(kwargs, match):
 def test_resnet_depth_is_checked():
     with pytest.raises(ValueError, match="depth=21"):
         models.cifar_resnet(21)
+
+
+def test_train_cli_builds_mobilenet_v2_and_names_bad_inputs():
+    from tfquant.models.train import UsageError, build_model
+
+    model = build_model("mobilenet_v2", (32, 32, 3))
+    assert model.output_shape == (None, 10)
+    with pytest.raises(UsageError, match="mobilenet_v2"):
+        build_model("mobilenet_v2", (28, 28, 1))
