@@ -50,11 +50,23 @@ def _quiet_batchnorm(qmodel, name, channels):
         variable.assign(values)
 
 
-def _check_identical(qmodel, shrunk, digits):
+def _check_identical(qmodel, shrunk, digits, exact=True):
+    """Bit-identical outputs; or (`exact=False`) bit-identical on >= 99 % of the samples and
+    within one step of the output's 8-bit grid on the others: a removed zero term changes
+    the float summation order of the kept ones (oneDNN blocks the dot products by length),
+    which can move an intermediate activation across a rounding boundary of its 8-bit
+    fake quantization (seen on 1 of 360 digits)."""
     _, (x_test, _) = digits
-    np.testing.assert_array_equal(
-        shrunk.predict(x_test, verbose=0), qmodel.predict(x_test, verbose=0)
-    )
+    ours, theirs = shrunk.predict(x_test, verbose=0), qmodel.predict(x_test, verbose=0)
+    if exact:
+        np.testing.assert_array_equal(ours, theirs)
+        return
+    same = np.all(ours == theirs, axis=1)
+    wrapper = qmodel.layers[-1]
+    variables = {v.name.split("/")[-1].split(":")[0]: v.numpy() for v in wrapper.weights}
+    step = (variables["post_activation_max"] - variables["post_activation_min"]) / 255
+    assert same.mean() >= 0.99, same.mean()
+    assert np.max(np.abs(ours - theirs)) <= step * 1.001
 
 
 def _check_export(shrunk, digits, min_agreement=0.99):
@@ -201,3 +213,35 @@ def test_user_model_untouched_and_report_round_trip(float_model):
     assert all(np.array_equal(a, b) for a, b in zip(before, qmodel.get_weights(), strict=True))
     assert shrunk is not qmodel and report.removed == {"quant_fc1": 2}
     assert tfq.ShrinkReport.from_config(report.get_config()) == report
+
+
+def test_structured_gradual_pruning_then_shrink(float_model, digits):
+    (x, y), _ = digits
+    scheme = tfq.schemes.Multivalued(bits=3, sparsity=0.5, layers={"logits": {"sparsity": 0.0}})
+    qmodel = compile_model(tfq.quantize_model(float_model, scheme))
+    pruning = tfq.callbacks.GradualPruning(end_epoch=2, frequency=5, verbose=0, structure="channel")
+    history = qmodel.fit(x[:512], y[:512], epochs=3, batch_size=32, verbose=0, callbacks=[pruning])
+    for name, channels in (("quant_conv1", 16), ("quant_conv2", 32), ("quant_fc1", 64)):
+        assert history.history[f"{name}/channel_sparsity"][-1] == 0.5
+        wrapper = qmodel.get_layer(name)
+        (_, kernel, quantizer, state), *_ = (
+            q for q in quantized_weights(qmodel) if q[0] is wrapper
+        )
+        hard = np.asarray(quantizer.hard_quantize(kernel, state)).reshape(-1, channels)
+        dead = np.all(hard == 0, axis=0)
+        assert dead.sum() == channels // 2  # whole channels, after the last epoch's steps too
+        assert np.all(kernel.numpy().reshape(-1, channels)[:, dead] == 0)
+        assert np.all(wrapper.layer.bias.numpy()[dead] == 0)
+        assert np.all(hard[:, ~dead].any(axis=0))  # no other channel was zeroed
+    shrunk, report = tfq.shrink(qmodel)
+    assert report.removed == {"quant_conv1": 8, "quant_conv2": 16, "quant_fc1": 32}
+    _check_identical(qmodel, shrunk, digits, exact=False)
+    _check_export(shrunk, digits)
+
+
+def test_structure_option():
+    pruning = tfq.callbacks.GradualPruning(end_epoch=1, structure="channel")
+    clone = tfq.callbacks.GradualPruning.from_config(pruning.get_config())
+    assert clone.get_config() == pruning.get_config()
+    with pytest.raises(ValueError, match="structure must be one of 'weight', 'channel'"):
+        tfq.callbacks.GradualPruning(end_epoch=1, structure="filter")

@@ -310,8 +310,12 @@ def shrink(qmodel):
 
     The new model keeps the quantizers and their state: codebooks, zero thresholds and
     schedule scalars copied, kernel-shaped state (`frozen_mask`) and per-channel values
-    sliced like the kernel. On the same inputs it predicts what `qmodel` predicts, and
-    `tfq.export.to_tflite` exports it exactly. `qmodel` is not modified.
+    sliced like the kernel. On the same inputs it predicts what `qmodel` predicts, bit for
+    bit in the tests' planted cases; a removed zero term can change the float summation
+    order of the kept ones (CPU kernels block dot products by their length), which on rare
+    inputs moves an activation across a rounding boundary of its 8-bit fake quantization
+    (seen: 1 of 360 digits, one output step). `tfq.export.to_tflite` exports it exactly.
+    `qmodel` is not modified.
 
     Args:
       qmodel: a Sequential or functional QAT model from `tfq.quantize_model`, each layer
