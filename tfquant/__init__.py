@@ -12,6 +12,7 @@ from tfquant._keras import keras, tf  # noqa: F401  (first: sets TF_USE_LEGACY_K
 from tfquant.allocation import BitPlan, allocate_bits  # noqa: E402
 from tfquant.quantize import quantize_annotate_layer, quantize_apply, quantize_model  # noqa: E402
 from tfquant.saving import load_model  # noqa: E402
+from tfquant.shrink import ShrinkReport, shrink  # noqa: E402
 from tfquant.summary import LayerSummary, summary  # noqa: E402
 
 __version__ = "0.1.0"
@@ -42,4 +43,6 @@ __all__ = [
     "allocate_bits",
     "BitPlan",
     "load_model",
+    "shrink",
+    "ShrinkReport",
 ]

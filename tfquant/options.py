@@ -61,3 +61,12 @@ class TernaryMethod(_Option):
 
     TWN = "twn"
     TTQ = "ttq"
+
+
+class Structure(_Option):
+    """What `tfq.callbacks.GradualPruning` prunes: single weights by magnitude (`weight`), or
+    whole output channels of Conv2D / DepthwiseConv2D and units of Dense by the L2 norm of
+    their kernel slice (`channel`), which `tfq.shrink` then removes."""
+
+    WEIGHT = "weight"
+    CHANNEL = "channel"

@@ -8,10 +8,10 @@ the network trains. `GradualPruning` drives each layer's zero interval that way.
 
 import numpy as np
 
-from tfquant._keras import keras
+from tfquant._keras import keras, tf
 from tfquant.callbacks.base import AfterStep, batches_per_epoch, multivalued_layers, say
 from tfquant.callbacks.base import check_steps_per_epoch as _check_steps_per_epoch
-from tfquant.options import Division, Mode
+from tfquant.options import Division, Mode, Structure
 from tfquant.quantizers.base import check_bool, check_float, check_int
 from tfquant.quantizers.multivalued import sparse_centers, zero_interval_bounds
 
@@ -86,6 +86,22 @@ class GradualPruning(keras.callbacks.Callback):
     per 400k weights, against about 0.1 s for the exact division). Keep `frequency` near
     100 batches.
 
+    With `structure="channel"` the schedule prunes whole output channels (Conv2D,
+    DepthwiseConv2D) and units (Dense) instead, as the structured step of Wen et al. 2016
+    ("Learning Structured Sparsity in Deep Neural Networks") done by magnitude, like Li et
+    al. 2017 ("Pruning Filters for Efficient ConvNets", smallest L2 norm first): each layer's
+    `sparsity` is then the fraction of its channels, and at every update the s(step) fraction
+    of channels with the smallest L2 kernel norm (channels already all zero first) is set to
+    exactly 0, and so is its bias (Li et al. remove the filter with its bias), so that
+    after a ReLU it outputs exactly 0 (a BatchNormalization after the layer still adds its
+    offset: `tfq.shrink` removes such a channel only where the activation maps that constant
+    to 0). The zero interval is [-0, 0] (t = 0): exactly the pruned channels' weights
+    quantize to the zero center and get no gradient, and after every batch the pruned
+    channels and biases are set to 0 again, so the optimizer's momentum cannot move them. The other
+    `levels` - 1 centers are re-divided over the remaining weights. `tfq.shrink` then
+    removes the pruned channels. A resumed run finds its pruned channels from the kernels
+    (the all-zero ones).
+
     Args:
       end_epoch: epoch (a float is fine) at which the target sparsity is reached, > 0.
       begin_epoch: epoch at which pruning starts, in [0, end_epoch). Before it the layers
@@ -96,6 +112,8 @@ class GradualPruning(keras.callbacks.Callback):
       steps_per_epoch: batches per epoch when `fit` does not know it (a generator).
       verbose: 0 silent, 1 one line per epoch, 2 also one per update.
       fused: count batches inside the train step (see `tfq.callbacks.PhaseAdaptation`).
+      structure: "weight" (the default: magnitude pruning of single weights) or "channel"
+        (whole output channels and units, see above).
 
     Example:
       >>> import tfquant as tfq
@@ -105,6 +123,8 @@ class GradualPruning(keras.callbacks.Callback):
       >>> qmodel.fit(x, y, epochs=10, callbacks=[pruning])           # doctest: +SKIP
       >>> tfq.callbacks.GradualPruning.from_config(pruning.get_config()).end_epoch
       6.0
+      >>> tfq.callbacks.GradualPruning(end_epoch=6, structure="channel").get_config()["structure"]
+      'channel'
     """
 
     def __init__(
@@ -117,8 +137,10 @@ class GradualPruning(keras.callbacks.Callback):
         steps_per_epoch=None,
         verbose=1,
         fused=True,
+        structure="weight",
     ):
         super().__init__()
+        self.structure = Structure.parse(structure, "structure")
         self.end_epoch = check_float("end_epoch", end_epoch, 0.0, 1e6)
         self.begin_epoch = check_float("begin_epoch", begin_epoch, 0.0, 1e6, low_open=False)
         if self.begin_epoch >= self.end_epoch:
@@ -142,6 +164,7 @@ class GradualPruning(keras.callbacks.Callback):
         self._after_step = AfterStep(self.fused)
         self._step = None
         self._span = (0, 1)
+        self._channel_masks, self._biases, self._bias_masks = [], [], []
 
     def get_config(self):
         return {
@@ -153,6 +176,7 @@ class GradualPruning(keras.callbacks.Callback):
             "steps_per_epoch": self.steps_per_epoch,
             "verbose": self.verbose,
             "fused": self.fused,
+            "structure": self.structure.value,
         }
 
     @classmethod
@@ -173,10 +197,68 @@ class GradualPruning(keras.callbacks.Callback):
         return pruning_sparsity(step, target, initial, begin, end, self.power)
 
     def _count(self, loss):
-        """Graph code after every batch: one more batch in every layer's `schedule_step`."""
+        """Graph code after every batch: one more batch in every layer's `schedule_step`;
+        in channel mode the pruned channels are set to 0 again (after the optimizer step)."""
         del loss
         for layer in self._layers:
             layer.state["schedule_step"].assign_add(1.0)
+        for layer, keep, bias, alive in zip(
+            self._layers, self._channel_masks, self._biases, self._bias_masks, strict=False
+        ):
+            layer.kernel.assign(layer.kernel * tf.cast(keep, layer.kernel.dtype))
+            if bias is not None:
+                bias.assign(bias * tf.cast(alive, bias.dtype))
+
+    def _update_channels(self, layer, step, fresh):
+        """Channel mode: the s(step) fraction of channels with the smallest L2 norm (the
+        all-zero ones first) become exactly 0; t = 0; centers re-divided over the rest."""
+        index = self._layers.index(layer)
+        kernel = layer.kernel.numpy()
+        view = _channel_view(layer, kernel)
+        channels = view.shape[1]
+        sparsity = self.sparsity_at(layer, step)
+        count = min(int(round(sparsity * channels)), channels - 1)
+        norms = np.sqrt(np.sum(view.astype(np.float64) ** 2, axis=0))
+        dead = norms == 0
+        order = np.argsort(np.where(dead, -1.0, norms), kind="stable")
+        pruned = dead.copy()
+        pruned[order[:count]] = True
+        changed = fresh or not np.array_equal(pruned, dead)
+        mask = np.broadcast_to(~pruned, view.shape)
+        kernel = _from_channel_view(layer, np.where(mask, view, 0).astype(kernel.dtype), kernel)
+        layer.kernel.assign(kernel)
+        self._channel_masks[index].assign(_from_channel_view(layer, mask, kernel) > 0)
+        self._bias_masks[index].assign(~pruned)
+        bias = self._biases[index]
+        if bias is not None:
+            bias.assign(np.where(pruned, 0, bias.numpy()).astype(bias.dtype.as_numpy_dtype))
+        state, quantizer = layer.state, layer.quantizer
+        if changed or (step == self._span[1] and pruned.any()):
+            division = quantizer.division
+            if division is Division.HESSIAN_KMEANS:
+                division = Division.KMEANS
+            share = float(np.mean(kernel == 0))
+            start = None if fresh or step == self._span[1] else state["centers"].numpy()
+            centers, _ = sparse_centers(
+                kernel,
+                quantizer.levels,
+                min(share, 1.0 - 1.0 / kernel.size),
+                division,
+                None,
+                quantizer.entropy_weight,
+                start=start,
+                codes=quantizer.grid_codes,
+            )
+            state["centers"].assign(centers)
+            state["zero_threshold"].assign(0.0)
+            bounds = zero_interval_bounds(centers, kernel.min(), kernel.max(), 0.0)
+            state["interval_bounds"].assign(bounds)
+        if self.verbose > 1:
+            say(
+                f"GradualPruning: batch {step}: {layer.name} {int(pruned.sum())}/{channels} "
+                f"channels pruned (schedule {sparsity:.1%}, target {quantizer.sparsity:.1%})",
+                self.verbose,
+            )
 
     def _update(self, step, where, fresh=False):
         """Sets every layer to s(step): threshold, pruned weights at 0, centers re-divided.
@@ -187,6 +269,9 @@ class GradualPruning(keras.callbacks.Callback):
         final = step == self._span[1]
         for layer in self._layers:
             kernel = layer.kernel.numpy()
+            if self.structure is Structure.CHANNEL and np.all(np.isfinite(kernel)):
+                self._update_channels(layer, step, fresh)
+                continue
             if not np.all(np.isfinite(kernel)):
                 say(
                     f"GradualPruning: {layer.name}'s kernel holds NaN or Inf {where}; its zero "
@@ -239,7 +324,33 @@ class GradualPruning(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._layers = prunable_layers(self.model, "GradualPruning")
         self._span = self._bounds()  # fails now, not mid-epoch, without the batches per epoch
-        self._after_step.install(self.model, self._count, ())
+        if self.structure is Structure.CHANNEL:
+            # Rebuilt from the kernels (a resumed run: the all-zero channels are the pruned).
+            # The variables are made once and re-assigned: the compiled per-batch update of
+            # an earlier `fit` holds them.
+            masks = []
+            for layer in self._layers:
+                view = _channel_view(layer, layer.kernel.numpy())
+                keep = np.broadcast_to(np.any(view != 0, axis=0), view.shape)
+                masks.append((_from_channel_view(layer, keep, view) > 0, keep[0]))
+            shapes = [(m.shape, b.shape) for m, b in masks]
+            if shapes != [(tuple(m.shape), tuple(b.shape)) for m, b in self._mask_pairs()]:
+                self._channel_masks = [tf.Variable(m, trainable=False) for m, _ in masks]
+                self._bias_masks = [tf.Variable(b, trainable=False) for _, b in masks]
+            else:
+                for (kernel_mask, bias_mask), variables in zip(
+                    masks, self._mask_pairs(), strict=True
+                ):
+                    variables[0].assign(kernel_mask)
+                    variables[1].assign(bias_mask)
+            self._biases = [
+                getattr(self.model.get_layer(layer.name).layer, "bias", None)
+                for layer in self._layers
+            ]
+        self._after_step.install(self.model, self._count, (self.structure.value,))
+
+    def _mask_pairs(self):
+        return list(zip(self._channel_masks, self._bias_masks, strict=True))
 
     def on_train_end(self, logs=None):
         self._after_step.uninstall(self.model)
@@ -277,6 +388,9 @@ class GradualPruning(keras.callbacks.Callback):
                 np.mean(np.abs(layer.kernel.numpy()) <= threshold)
             )
             out[f"{layer.name}/zero_threshold"] = threshold
+            if self.structure is Structure.CHANNEL:
+                view = _channel_view(layer, layer.kernel.numpy())
+                out[f"{layer.name}/channel_sparsity"] = float(np.mean(np.all(view == 0, axis=0)))
         if logs is not None:
             logs.update(out)
         if self.verbose:
@@ -285,6 +399,17 @@ class GradualPruning(keras.callbacks.Callback):
                 for layer in self._layers
             )
             say(f"GradualPruning: epoch {epoch}: zeros (now/target) {text}", self.verbose)
+
+
+def _channel_view(layer, kernel):
+    """[N, C] numpy view of `kernel` with its C output channels (depthwise: in x multiplier)."""
+    return np.asarray(layer.quantizer.channel_view(np.asarray(kernel)))
+
+
+def _from_channel_view(layer, view, like=None):
+    """Inverse of `_channel_view`: an array of the kernel's shape."""
+    del like
+    return np.asarray(layer.quantizer.from_channel_view(np.asarray(view, np.float32)))
 
 
 __all__ = ["GradualPruning", "pruning_sparsity", "prunable_layers"]

@@ -1,0 +1,449 @@
+"""`shrink`: removes the output channels and units a QAT model computes as exact zeros (or
+that nothing reads), with the matching inputs of the layers after them, so that the smaller
+network predicts what the pruned one does (structured pruning's last step, as in Wen et al.
+2016 "Learning Structured Sparsity in Deep Neural Networks", Sec. 3).
+
+A channel of Conv2D, DepthwiseConv2D or Dense is *dead* when its hard-quantized kernel slice
+is all zeros and the constant it then outputs (its bias through the layer's activation and
+any BatchNormalization / activation / Dropout after it) is exactly 0 where another layer
+mixes it in. A dead channel whose constant is not 0 (a bias or a BatchNorm offset that
+survives the ReLU) is kept: folding that constant into the next layer's bias would change
+the next layer's float sums, so the predictions would no longer be bit-identical.
+"""
+
+import copy
+import dataclasses
+import warnings
+
+import numpy as np
+import tensorflow_model_optimization as tfmot
+
+from tfquant._keras import (
+    check_keras2_model,
+    inbound_layer_names,
+    keras,
+    quantized_weights,
+    tf,
+)
+
+_PRODUCER_TYPES = (keras.layers.Conv2D, keras.layers.Dense)
+_DEPTHWISE = keras.layers.DepthwiseConv2D
+_PER_CHANNEL = (
+    keras.layers.BatchNormalization,
+    keras.layers.ReLU,
+    keras.layers.Activation,
+    keras.layers.LeakyReLU,
+    keras.layers.Dropout,
+)
+_POOLING = (
+    keras.layers.MaxPooling2D,
+    keras.layers.AveragePooling2D,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalMaxPooling2D,
+)
+
+
+@dataclasses.dataclass
+class ShrinkReport:
+    """What `tfq.shrink` removed: output channels (units for Dense) of every Conv2D,
+    DepthwiseConv2D and Dense layer before and after, keyed by the QAT layer's name.
+
+    Example:
+      >>> report = ShrinkReport({"quant_conv1": (16, 9), "quant_fc1": (64, 64)})
+      >>> report.removed
+      {'quant_conv1': 7}
+      >>> print(report)
+      quant_conv1: 16 -> 9 channels
+      quant_fc1: 64 -> 64 channels
+      >>> ShrinkReport(**report.get_config()) == report
+      True
+    """
+
+    channels: dict  # layer name -> (before, after)
+
+    def __post_init__(self):
+        self.channels = {name: (int(a), int(b)) for name, (a, b) in self.channels.items()}
+
+    @property
+    def removed(self):
+        """Layer name -> number of channels removed, for the layers that lost any."""
+        return {name: a - b for name, (a, b) in self.channels.items() if a != b}
+
+    def get_config(self):
+        return {"channels": {name: list(pair) for name, pair in self.channels.items()}}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __str__(self):
+        return "\n".join(f"{name}: {a} -> {b} channels" for name, (a, b) in self.channels.items())
+
+
+def _inner(layer):
+    return getattr(layer, "layer", layer)
+
+
+def _elementwise(inner):
+    """False for a softmax activation (it mixes the channels)."""
+    return "softmax" not in str(inner.get_config().get("activation", ""))
+
+
+def _is_producer(inner):
+    """A Conv2D (not Conv2DTranspose, not grouped) or Dense layer."""
+    return type(inner) in _PRODUCER_TYPES and getattr(inner, "groups", 1) == 1
+
+
+def _is_depthwise(inner):
+    return type(inner) is _DEPTHWISE
+
+
+def _is_per_channel(inner):
+    return isinstance(inner, _PER_CHANNEL) and _elementwise(inner)
+
+
+def _channels(layer):
+    """Length of the last axis of `layer`'s output (positions for a Flatten)."""
+    shape = layer.output_shape
+    if isinstance(shape, list):
+        shape = shape[0]
+    if isinstance(_inner(layer), keras.layers.Flatten):
+        return int(np.prod(shape[1:]))
+    return int(shape[-1])
+
+
+def _check(qmodel):
+    check_keras2_model(qmodel, "qmodel")
+    if not (isinstance(qmodel, keras.Sequential) or getattr(qmodel, "_is_graph_network", False)):
+        raise ValueError(
+            "qmodel must be a Sequential or functional QAT model from tfq.quantize_model. "
+            f"Received: qmodel of type {type(qmodel).__name__} (a subclassed model)"
+        )
+    if not any(True for _ in quantized_weights(qmodel)):
+        raise ValueError(
+            "qmodel must be a QAT model from tfq.quantize_model (it has no quantized "
+            f"weights). Received: qmodel {qmodel.name!r}"
+        )
+    for layer in qmodel.layers:
+        if len(layer.inbound_nodes) > 1:
+            raise ValueError(
+                f"qmodel uses layer {layer.name!r} {len(layer.inbound_nodes)} times; shrink "
+                "supports each layer called once. Received: a shared layer"
+            )
+
+
+def _hard_kernels(qmodel):
+    """Wrapper name -> the kernel as its quantizer maps it (numpy)."""
+    out = {}
+    for wrapper, weight, quantizer, state in quantized_weights(qmodel):
+        out[wrapper.name] = np.asarray(quantizer.hard_quantize(weight, state))
+    for layer in qmodel.layers:
+        inner = _inner(layer)
+        if layer.name not in out and (_is_producer(inner) or _is_depthwise(inner)):
+            kernel = inner.depthwise_kernel if _is_depthwise(inner) else inner.kernel
+            out[layer.name] = kernel.numpy()
+    return out
+
+
+def _probe(layer, constants, zeros_input=False):
+    """Runs `layer` (in inference mode) on one sample that holds `constants` per channel
+    (or all zeros, `zeros_input`) and returns its output per channel (first position)."""
+    shape = layer.input_shape
+    shape = [1] + [1 if d is None else int(d) for d in shape[1:]]
+    if zeros_input:
+        sample = tf.zeros(shape)
+    else:
+        sample = tf.broadcast_to(tf.constant(constants, tf.float32), shape)
+    out = np.asarray(layer(sample, training=False))
+    return out.reshape(-1, out.shape[-1])[0]
+
+
+def _values(qmodel, inbound, kernels):
+    """Layer name -> per output channel: the constant it always outputs, or NaN (unknown).
+    Only constants that the layers compute exactly are tracked (see module docstring)."""
+    values = {}
+    for layer in qmodel.layers:
+        inner, sources = _inner(layer), inbound.get(layer.name, [])
+        size = _channels(layer)
+        value = np.full(size, np.nan, np.float32)
+        inputs = [values[s] for s in sources]
+        if (_is_producer(inner) or _is_depthwise(inner)) and inputs:
+            kernel = kernels[layer.name]
+            if _is_depthwise(inner):
+                multiplier = kernel.shape[-1]
+                dead = np.all(kernel.reshape(-1, size) == 0, axis=0)
+                dead |= np.repeat(inputs[0] == 0, multiplier)
+            else:
+                dead = np.all(kernel.reshape(-1, size) == 0, axis=0)
+            if dead.any() and _elementwise(inner):
+                value = np.where(dead, _probe(layer, None, zeros_input=True), np.nan)
+        elif _is_per_channel(inner) and inputs:
+            known = ~np.isnan(inputs[0])
+            if known.any():
+                out = _probe(layer, np.where(known, inputs[0], 0.0))
+                value = np.where(known, out, np.nan).astype(np.float32)
+        elif isinstance(inner, _POOLING) and inputs:
+            value = np.where(inputs[0] == 0, 0.0, np.nan).astype(np.float32)
+        elif isinstance(inner, keras.layers.Flatten) and inputs:
+            value = np.tile(inputs[0], size // inputs[0].size)
+        elif isinstance(inner, keras.layers.Add) and inputs:
+            value = np.where(np.all([v == 0 for v in inputs], axis=0), 0.0, np.nan)
+        elif isinstance(inner, keras.layers.Concatenate) and _last_axis(inner) and inputs:
+            value = np.concatenate(inputs)
+        values[layer.name] = value.astype(np.float32)
+    return values
+
+
+def _last_axis(concatenate):
+    return concatenate.axis in (-1, len(concatenate.input_shape[0]) - 1)
+
+
+def _needed(qmodel, inbound, values, kernels):
+    """Layer name -> boolean mask over its output channels that the shrunk model must keep,
+    the least fixed point of the rules in `shrink`'s docstring."""
+    layers = qmodel.layers
+    needed = {layer.name: np.zeros(_channels(layer), bool) for layer in layers}
+    if isinstance(qmodel, keras.Sequential):
+        outputs = [layers[-1].name]
+    else:
+        outputs = [entry[0] for entry in qmodel.get_config()["output_layers"]]
+    for name in outputs:
+        if name in needed:
+            needed[name][:] = True
+
+    def grow(name, mask):
+        new = needed[name] | mask
+        changed = not np.array_equal(new, needed[name])
+        needed[name] = new
+        return changed
+
+    changed = True
+    while changed:
+        changed = False
+        for layer in reversed(layers):
+            inner, sources = _inner(layer), inbound.get(layer.name, [])
+            if not sources:
+                continue
+            out = needed[layer.name]
+            if _is_depthwise(inner):
+                groups = out.reshape(-1, kernels[layer.name].shape[-1]).any(axis=1)
+                changed |= grow(sources[0], groups)
+                changed |= grow(layer.name, np.repeat(needed[sources[0]], out.size // groups.size))
+            elif _is_producer(inner):
+                kernel = kernels[layer.name]
+                rows = kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1])  # [taps, in, out]
+                read = np.any(rows[:, :, out] != 0, axis=(0, 2))
+                changed |= grow(sources[0], read & (values[sources[0]] != 0))
+            elif _is_per_channel(inner) or isinstance(inner, _POOLING):
+                changed |= grow(sources[0], out)
+                changed |= grow(layer.name, needed[sources[0]])
+            elif isinstance(inner, keras.layers.Flatten):
+                channels = needed[sources[0]].size
+                by_channel = out.reshape(-1, channels).any(axis=0)
+                changed |= grow(sources[0], by_channel)
+                changed |= grow(layer.name, np.tile(needed[sources[0]], out.size // channels))
+            elif isinstance(inner, keras.layers.Add):
+                union = out | np.any([needed[s] for s in sources], axis=0)
+                for name in (layer.name, *sources):
+                    changed |= grow(name, union)
+            elif isinstance(inner, keras.layers.Concatenate) and _last_axis(inner):
+                offsets = np.cumsum([0] + [needed[s].size for s in sources])
+                for index, source in enumerate(sources):
+                    changed |= grow(source, out[offsets[index] : offsets[index + 1]])
+                changed |= grow(layer.name, np.concatenate([needed[s] for s in sources]))
+            else:  # any other layer (or the model input) reads every channel it is given
+                for source in sources:
+                    changed |= grow(source, np.ones_like(needed[source]))
+                changed |= grow(layer.name, np.ones_like(out))
+    return needed
+
+
+def _slice_config(config, name, keep, kind):
+    """Sets the new channel count in the (wrapped) layer config of layer `name`."""
+    for entry in config["layers"]:
+        entry.pop("build_config", None)
+        layer_config = entry["config"]
+        if layer_config.get("name") != name:
+            continue
+        inner = layer_config.get("layer", entry)
+        inner.pop("build_config", None)
+        key = "units" if kind is keras.layers.Dense else "filters"
+        inner["config"][key] = int(keep.sum())
+
+
+def _short_name(variable):
+    return variable.name.split("/")[-1].split(":")[0]
+
+
+def _slice_weight(array, inner, in_keep, out_keep, kernel_shape):
+    """`array` (the kernel, or a kernel-shaped array) with the removed channels cut out."""
+    del kernel_shape
+    if _is_depthwise(inner):
+        return array[:, :, in_keep, :]
+    return array[..., in_keep, :][..., out_keep]
+
+
+def _slice_vector(array, inner, in_keep, out_keep, multiplier=1):
+    """A per-channel vector (bias, BatchNorm statistics, per-channel quantizer values)."""
+    if _is_depthwise(inner):
+        index = (np.repeat(in_keep, multiplier) * multiplier).reshape(-1, multiplier)
+        return array[(index + np.arange(multiplier)).ravel()]
+    if _is_producer(inner):
+        return array[out_keep]
+    return array[in_keep]
+
+
+def shrink(qmodel):
+    """Returns a smaller copy of a pruned QAT model without its dead channels and units.
+
+    A Conv2D, DepthwiseConv2D or Dense output channel is removed when the model computes it
+    as exactly 0 wherever it is read (its hard-quantized kernel slice is all zeros, e.g.
+    after `tfq.callbacks.GradualPruning(structure="channel")`, and its bias, BatchNorm and
+    activation leave the constant 0), or when no kept layer reads it (every consumer's
+    hard-quantized kernel slice for it is zero). With it go the matching inputs of the layers
+    that read it, through BatchNormalization, activations, Dropout and pooling (entries
+    dropped), Flatten (channels-last: its positions in the flat vector), DepthwiseConv2D
+    (that depthwise channel and its BatchNorm), Add (a channel stays if any branch or any
+    reader of the sum needs it) and Concatenate (by offsets). Other layers keep every input
+    channel. A dead channel that outputs a non-zero constant (a bias or a BatchNorm offset
+    that survives its activation) is kept, not folded, so the result stays bit-identical.
+
+    The new model keeps the quantizers and their state: codebooks, zero thresholds and
+    schedule scalars copied, kernel-shaped state (`frozen_mask`) and per-channel values
+    sliced like the kernel. On the same inputs it predicts what `qmodel` predicts, bit for
+    bit in the tests' planted cases; a removed zero term can change the float summation
+    order of the kept ones (CPU kernels block dot products by their length), which on rare
+    inputs moves an activation across a rounding boundary of its 8-bit fake quantization
+    (seen: 1 of 360 digits, one output step). `tfq.export.to_tflite` exports it exactly.
+    `qmodel` is not modified.
+
+    Args:
+      qmodel: a Sequential or functional QAT model from `tfq.quantize_model`, each layer
+        used once.
+
+    Returns:
+      `(shrunk, report)`: the new QAT model (not compiled) and a `ShrinkReport`. With
+      nothing to remove, a `UserWarning` says so and `shrunk` is an equal copy.
+
+    Raises:
+      TypeError: `qmodel` is not a tf_keras model.
+      ValueError: a subclassed model, a model without quantized weights, a shared layer,
+        or a quantizer whose values for the kept weights change when the removed ones are
+        cut out (one that derives its levels from the whole kernel, e.g. a per-layer
+        ternary threshold).
+
+    Example:
+      >>> import tfquant as tfq
+      >>> model = tfq.keras.Sequential([tfq.keras.Input((4,)),
+      ...     tfq.keras.layers.Dense(3, activation="relu"), tfq.keras.layers.Dense(2)])
+      >>> qmodel = tfq.quantize_model(model, tfq.schemes.Multivalued(bits=2))
+      >>> qmodel.layers[1].layer.kernel.assign(
+      ...     qmodel.layers[1].layer.kernel * [1.0, 0.0, 1.0])  # doctest: +ELLIPSIS
+      <...>
+      >>> shrunk, report = tfq.shrink(qmodel)
+      >>> report.removed
+      {'quant_dense': 1}
+    """
+    _check(qmodel)
+    inbound = inbound_layer_names(qmodel)
+    kernels = _hard_kernels(qmodel)
+    values = _values(qmodel, inbound, kernels)
+    keep = _needed(qmodel, inbound, values, kernels)
+    layers = {layer.name: layer for layer in qmodel.layers}
+
+    channels = {}
+    config = copy.deepcopy(qmodel.get_config())
+    for layer in qmodel.layers:
+        inner = _inner(layer)
+        if _is_producer(inner) or _is_depthwise(inner):
+            channels[layer.name] = (keep[layer.name].size, int(keep[layer.name].sum()))
+        if _is_producer(inner) and not keep[layer.name].all():
+            _slice_config(config, layer.name, keep[layer.name], type(inner))
+    report = ShrinkReport(channels)
+    if not report.removed and all(mask.all() for mask in keep.values()):
+        warnings.warn(
+            f"shrink found nothing to remove in qmodel {qmodel.name!r}: no Conv2D, "
+            "DepthwiseConv2D or Dense channel is exactly zero where it is read. Returning a "
+            "copy.",
+            stacklevel=2,
+        )
+    for entry in config["layers"]:
+        entry.pop("build_config", None)
+        if "layer" in entry["config"]:
+            entry["config"]["layer"].pop("build_config", None)
+    with tfmot.quantization.keras.quantize_scope():
+        if isinstance(qmodel, keras.Sequential):
+            shrunk = keras.Sequential.from_config(config)
+        else:
+            shrunk = keras.Model.from_config(config)
+    _copy_sliced(qmodel, shrunk, layers, inbound, keep, kernels)
+    return shrunk, report
+
+
+def _copy_sliced(qmodel, shrunk, layers, inbound, keep, kernels):
+    """Copies every weight of `qmodel` into `shrunk`, cut to the kept channels: kernels and
+    kernel-shaped quantizer state like the kernel; biases, BatchNorm vectors and per-channel
+    quantizer values per channel; everything else (codebooks, thresholds, ranges) as it is."""
+    states = {w.name: (q, s) for w, _, q, s in quantized_weights(qmodel)}
+    for target in shrunk.layers:
+        source = layers[target.name]
+        inner = _inner(source)
+        sources = inbound.get(source.name, [])
+        in_keep = np.flatnonzero(keep[sources[0]]) if sources else None
+        out_keep = np.flatnonzero(keep[source.name])
+        kernel = getattr(inner, "depthwise_kernel", getattr(inner, "kernel", None))
+        shape = tuple(kernel.shape) if kernel is not None else None
+        multiplier = shape[-1] if _is_depthwise(inner) else 1
+        quantizer, state = states.get(source.name, (None, {}))
+        per_channel = (
+            {id(v) for v in state.values()} if getattr(quantizer, "per_channel", 0) else ()
+        )
+        vectors = {id(v) for v in inner.weights if v.shape.rank == 1}
+        channels = _channels(source)
+        targets = {_short_name(v): v for v in target.weights}
+        for variable in source.weights:
+            array = variable.numpy()
+            if in_keep is None or array.ndim == 0:
+                pass
+            elif shape is not None and array.shape == shape:
+                array = _slice_weight(array, inner, in_keep, out_keep, shape)
+            elif (id(variable) in vectors or id(variable) in per_channel) and (
+                array.shape[0] == channels
+            ):
+                array = _slice_vector(array, inner, in_keep, out_keep, multiplier)
+            destination = targets[_short_name(variable)]
+            if tuple(destination.shape) != array.shape:
+                raise ValueError(
+                    f"shrink cannot cut weight {variable.name!r} of layer {source.name!r} to "
+                    f"shape {tuple(destination.shape)} (got {array.shape}); layer type "
+                    f"{type(inner).__name__} is not supported there"
+                )
+            destination.assign(array)
+    _check_quantizers(shrunk, inbound, keep, kernels)
+
+
+def _check_quantizers(shrunk, inbound, keep, kernels):
+    """Every shrunk kernel must quantize to the kept part of the original hard kernel."""
+    for wrapper, weight, quantizer, state in quantized_weights(shrunk):
+        inner = _inner(wrapper)
+        source = inbound.get(wrapper.name, [None])[0]
+        in_keep = np.flatnonzero(keep[source])
+        expected = _slice_weight(
+            kernels[wrapper.name],
+            inner,
+            in_keep,
+            np.flatnonzero(keep[wrapper.name]),
+            kernels[wrapper.name].shape,
+        )
+        got = np.asarray(quantizer.hard_quantize(weight, state))
+        if not np.array_equal(got, expected):
+            raise ValueError(
+                f"qmodel's layer {wrapper.name!r} has a {type(quantizer).__name__} whose "
+                "values depend on the whole kernel (its levels are computed from all of "
+                "its weights), so cutting channels out would change the kept ones. Shrink "
+                "supports quantizers that keep their levels in variables (Multivalued) or "
+                f"per channel. Received: quantizer {quantizer.get_config()}"
+            )
+
+
+__all__ = ["shrink", "ShrinkReport"]
