@@ -245,3 +245,26 @@ def test_structure_option():
     assert clone.get_config() == pruning.get_config()
     with pytest.raises(ValueError, match="structure must be one of 'weight', 'channel'"):
         tfq.callbacks.GradualPruning(end_epoch=1, structure="filter")
+
+
+def test_an_input_feature_no_kernel_reads_keeps_the_input_shape(digits):
+    """A first Dense (straight after the input) whose kernel ignores some input features:
+    the model input and the kernel's rows keep their size, only dead units go."""
+    (x, y), (x_test, y_test) = digits
+    flat = ((x.reshape(len(x), -1), y), (x_test.reshape(len(x_test), -1), y_test))
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            layers.Dense(16, activation="relu", name="fc1"),
+            layers.Dense(10, name="logits"),
+        ]
+    )
+    qmodel = _qat(_fit(model, flat), tfq.schemes.Multivalued(bits=2, sparsity=0.3), flat)
+    (kernel,) = [k for w, k, _, _ in quantized_weights(qmodel) if w.name == "quant_fc1"]
+    kernel.assign(np.where(np.arange(64)[:, None] < 8, 0.0, kernel.numpy()))  # 8 unread pixels
+    _kill(qmodel, {"quant_fc1": [4]})
+    shrunk, report = tfq.shrink(qmodel)
+    assert shrunk.input_shape == qmodel.input_shape
+    assert shrunk.get_layer("quant_fc1").layer.kernel.shape == (64, 15)
+    assert report.channels["quant_fc1"] == (16, 15)
+    _check_identical(qmodel, shrunk, flat)

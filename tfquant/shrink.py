@@ -210,6 +210,9 @@ def _needed(qmodel, inbound, values, kernels):
     for name in outputs:
         if name in needed:
             needed[name][:] = True
+    for layer in layers:  # the model's inputs (and layers fed by them directly) keep every
+        if not inbound.get(layer.name):  # feature: shrink never changes the input shape
+            needed[layer.name][:] = True
 
     def grow(name, mask):
         new = needed[name] | mask
@@ -334,15 +337,17 @@ def shrink(qmodel):
 
     Example:
       >>> import tfquant as tfq
+      >>> tfq.keras.utils.set_random_seed(0)
       >>> model = tfq.keras.Sequential([tfq.keras.Input((4,)),
-      ...     tfq.keras.layers.Dense(3, activation="relu"), tfq.keras.layers.Dense(2)])
-      >>> qmodel = tfq.quantize_model(model, tfq.schemes.Multivalued(bits=2))
-      >>> qmodel.layers[1].layer.kernel.assign(
-      ...     qmodel.layers[1].layer.kernel * [1.0, 0.0, 1.0])  # doctest: +ELLIPSIS
-      <...>
-      >>> shrunk, report = tfq.shrink(qmodel)
+      ...     tfq.keras.layers.Dense(3, activation="relu", name="hidden"),
+      ...     tfq.keras.layers.Dense(2, name="out")])
+      >>> kernel = model.get_layer("hidden").kernel
+      >>> _ = kernel.assign(kernel * [1.0, 0.0, 1.0])  # unit 1 of "hidden" is dead
+      >>> scheme = tfq.schemes.Multivalued(  # zeros quantize to 0 in "hidden"
+      ...     bits=2, sparsity=0.4, layers={"out": {"sparsity": 0.0}})
+      >>> shrunk, report = tfq.shrink(tfq.quantize_model(model, scheme))
       >>> report.removed
-      {'quant_dense': 1}
+      {'quant_hidden': 1}
     """
     _check(qmodel)
     inbound = inbound_layer_names(qmodel)
