@@ -56,6 +56,30 @@ def prunable_layers(model, schedule):
     return layers
 
 
+def _redivide(layer, divided, kernel, share, threshold, start):
+    """Places `layer`'s centers for a zero interval [-threshold, threshold] holding the
+    `share` of the weights: the division of `divided` (Hessian k-means falls back to k-means:
+    no importance here), warm-started at `start` centers; interval bounds span `kernel`."""
+    quantizer, state = layer.quantizer, layer.state
+    division = quantizer.division
+    if division is Division.HESSIAN_KMEANS:
+        division = Division.KMEANS
+    centers, _ = sparse_centers(
+        divided,
+        quantizer.levels,
+        share,
+        division,
+        None,
+        quantizer.entropy_weight,
+        start=start,
+        codes=quantizer.grid_codes,
+    )
+    state["centers"].assign(centers)
+    state["zero_threshold"].assign(threshold)
+    bounds = zero_interval_bounds(centers, kernel.min(), kernel.max(), threshold)
+    state["interval_bounds"].assign(bounds)
+
+
 class GradualPruning(keras.callbacks.Callback):
     """Gradual magnitude pruning (Zhu & Gupta 2017) through the multivalued zero interval.
 
@@ -234,25 +258,9 @@ class GradualPruning(keras.callbacks.Callback):
             bias.assign(np.where(pruned, 0, bias.numpy()).astype(bias.dtype.as_numpy_dtype))
         state, quantizer = layer.state, layer.quantizer
         if changed or (step == self._span[1] and pruned.any()):
-            division = quantizer.division
-            if division is Division.HESSIAN_KMEANS:
-                division = Division.KMEANS
-            share = float(np.mean(kernel == 0))
+            share = min(float(np.mean(kernel == 0)), 1.0 - 1.0 / kernel.size)
             start = None if fresh or step == self._span[1] else state["centers"].numpy()
-            centers, _ = sparse_centers(
-                kernel,
-                quantizer.levels,
-                min(share, 1.0 - 1.0 / kernel.size),
-                division,
-                None,
-                quantizer.entropy_weight,
-                start=start,
-                codes=quantizer.grid_codes,
-            )
-            state["centers"].assign(centers)
-            state["zero_threshold"].assign(0.0)
-            bounds = zero_interval_bounds(centers, kernel.min(), kernel.max(), 0.0)
-            state["interval_bounds"].assign(bounds)
+            _redivide(layer, kernel, kernel, share, 0.0, start)
         if self.verbose > 1:
             say(
                 f"GradualPruning: batch {step}: {layer.name} {int(pruned.sum())}/{channels} "
@@ -294,24 +302,8 @@ class GradualPruning(keras.callbacks.Callback):
                 kernel = np.where(pruned, np.float32(0), kernel).astype(kernel.dtype)
                 layer.kernel.assign(kernel)
             if threshold > old or (final and threshold > 0):
-                division = quantizer.division
-                if division is Division.HESSIAN_KMEANS:
-                    division = Division.KMEANS
                 start = None if fresh or final else state["centers"].numpy()
-                centers, _ = sparse_centers(
-                    before,
-                    quantizer.levels,
-                    share,
-                    division,
-                    None,
-                    quantizer.entropy_weight,
-                    start=start,
-                    codes=quantizer.grid_codes,
-                )
-                state["centers"].assign(centers)
-                state["zero_threshold"].assign(threshold)
-                bounds = zero_interval_bounds(centers, kernel.min(), kernel.max(), threshold)
-                state["interval_bounds"].assign(bounds)
+                _redivide(layer, before, kernel, share, threshold, start)
             if self.verbose > 1:
                 say(
                     f"GradualPruning: batch {step}: {layer.name} {share:.1%} zeros "
