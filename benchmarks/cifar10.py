@@ -171,7 +171,7 @@ def _run_row(name, float_model, data, args):
         except ImportError:
             record["skipped"] = (
                 "QKeras is not installed (a benchmark extra, never a runtime dependency): "
-                "pip install --no-deps qkeras==0.9.0 pyparsing"
+                "pip install --no-deps qkeras==0.9.0 pyparsing networkx"
             )
             return record
         model = _fit(_qkeras_ternary(float_model), x, y, args)
