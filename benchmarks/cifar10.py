@@ -41,6 +41,7 @@ from tfquant.models import datasets, pretrained
 from tfquant.models.augment import shifted_and_flipped
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peers  # noqa: E402
 from peers import tfmot_qat, tfmot_tflite  # noqa: E402
 
 BATCH = 128
@@ -166,15 +167,12 @@ def _run_row(name, float_model, data, args):
         ]
         tfl = None
     elif kind == "qkeras":
-        try:
-            import qkeras  # noqa: F401
-        except ImportError:
-            record["skipped"] = (
-                "QKeras is not installed (a benchmark extra, never a runtime dependency): "
-                "pip install --no-deps qkeras==0.9.0 pyparsing networkx"
-            )
+        record["skipped"] = peers.qkeras_missing()
+        if record["skipped"]:
             return record
-        model = _fit(_qkeras_ternary(float_model), x, y, args)
+        del record["skipped"]
+        model = _fit(peers.qkeras_ternary(float_model), x, y, args)
+        record["distinct_per_layer"] = peers.qkeras_distinct(model)
         tfl = None
     else:
         scheme = _with_keep(option())
@@ -195,17 +193,6 @@ def _run_row(name, float_model, data, args):
     if tfl is not None:
         record["tflite_accuracy"] = float(np.mean(run_tflite(tfl, x_test).argmax(-1) == y_test))
     return record
-
-
-def _qkeras_ternary(float_model):
-    """QKeras 0.9's `ternary(alpha="auto")` on every Conv2D and Dense kernel (first conv and
-    last Dense too: QKeras has no keep-first-last option), weights transferred."""
-    from qkeras.utils import model_quantize
-
-    quantizer = {"kernel_quantizer": "ternary(alpha='auto')", "bias_quantizer": "quantized_bits(8)"}
-    return model_quantize(
-        float_model, {"QConv2D": quantizer, "QDense": quantizer}, 8, transfer_weights=True
-    )
 
 
 def _settings(args):

@@ -1,6 +1,7 @@
 """The peers' paths the benchmarks share: tfmot's 8-bit QAT model of a float network and its
-full-integer TFLite conversion (tfmot's documented recipe)."""
+full-integer TFLite conversion (tfmot's documented recipe), and QKeras's ternary model."""
 
+import numpy as np
 import tensorflow_model_optimization as tfmot
 
 from tfquant import _quiet
@@ -43,3 +44,51 @@ def tfmot_tflite(qat, calibration):
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
     return _quiet.convert(converter)
+
+
+QKERAS_INSTALL = "pip install --no-deps qkeras==0.9.0 pyparsing networkx"
+
+
+def qkeras_missing():
+    """Why the QKeras rows cannot run here (None when QKeras imports): QKeras is a benchmark
+    extra, never a runtime dependency, and installs beside tf_keras only without its pins."""
+    try:
+        import qkeras  # noqa: F401
+    except ImportError as error:
+        return f"QKeras is not installed ({error}); a benchmark extra: {QKERAS_INSTALL}"
+    return None
+
+
+def qkeras_ternary(float_model):
+    """QKeras 0.9's `ternary(alpha="auto")` on every Conv2D and Dense kernel (first and last
+    layers too: QKeras has no keep-first-last option), `quantized_bits(8)` biases, activations
+    float as in our weight-only rows; the same topology with the float weights copied."""
+    import qkeras
+
+    swaps = {keras.layers.Conv2D: qkeras.QConv2D, keras.layers.Dense: qkeras.QDense}
+
+    def clone(layer):
+        quantized = swaps.get(type(layer))
+        if quantized is None:
+            return layer.__class__.from_config(layer.get_config())
+        return quantized(
+            kernel_quantizer=qkeras.ternary(alpha="auto"),
+            bias_quantizer=qkeras.quantized_bits(8) if layer.use_bias else None,
+            **layer.get_config(),
+        )
+
+    model = keras.models.clone_model(float_model, clone_function=clone)
+    model.set_weights(float_model.get_weights())
+    return model
+
+
+def qkeras_distinct(model):
+    """Distinct quantized kernel values per QConv2D / QDense layer of a QKeras model
+    (`ternary(alpha="auto")` scales each output channel: 3 values per channel, up to
+    2 x channels + 1 per layer)."""
+    counts = []
+    for layer in model.layers:
+        quantizer = getattr(layer, "kernel_quantizer_internal", None)
+        if quantizer is not None:
+            counts.append(int(np.unique(np.asarray(quantizer(layer.kernel))).size))
+    return counts

@@ -10,8 +10,11 @@ naive (every weight snapped to its k-means center from the start, then fine-tune
 (IncrementalLayers, ternary only), MPA (PhaseAdaptation with epochs_per_phase = epochs / levels)
 MPA+tune (the phases in 3/4 of the epochs, then finish="tune_centers": the shared values
 train) and MPA+STE (the phases in half the epochs, then finish="straight_through": the weights
-fine-tune between fixed centers with straight-through gradients, as naive does). Every row
-starts from the same seed, so rows see the same shuffling order.
+fine-tune between fixed centers with straight-through gradients, as naive does); the peer,
+ternary only: QKeras (QKeras 0.9's `ternary(alpha="auto")` on every kernel, a benchmark extra
+installed with `pip install --no-deps qkeras==0.9.0 pyparsing networkx`; without it the row is
+skipped with that hint). Every row starts from the same seed, so rows see the same shuffling
+order.
 """
 
 import argparse
@@ -24,6 +27,11 @@ import numpy as np
 
 import tfquant as tfq
 from tfquant.models import compile_classifier, datasets, lenet5
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peers  # noqa: E402
+
+TERNARY_ONLY = ("MLQ", "QKeras")
 
 
 def _accuracy(model, x, y):
@@ -92,9 +100,22 @@ def run_dataset(name, args):
     _progress(f"{name} (seed {args.seed}): float after {total} epochs {reference:.4f}")
     widths = [(2**b, f"{b}-bit") for b in args.bits] + [(3, "ternary")]
     for levels, label in widths:
-        for method in [m for m in args.methods if m != "MLQ" or levels == 3]:
+        for method in [m for m in args.methods if m not in TERNARY_ONLY or levels == 3]:
             start = time.perf_counter()
             tfq.keras.utils.set_random_seed(args.seed)  # the same shuffling order in every row
+            if method == "QKeras":
+                row = _qkeras_row(float_model, (x, y), (x_test, y_test), args)
+                if row is None:
+                    continue
+                row = {"dataset": name, "method": method, "bits": label, "levels": levels, **row}
+                row["seconds"] = time.perf_counter() - start
+                row["drop_pt"] = 100 * (reference - row["accuracy"])
+                rows.append(row)
+                _progress(
+                    f"{name} (seed {args.seed}): {method} {label} {row['accuracy']:.4f} "
+                    f"(drop {row['drop_pt']:+.2f} pt, {row['seconds']:.0f} s)"
+                )
+                continue
             mode = "snap" if method == "naive" else "masked"
             scheme = tfq.schemes.Multivalued(levels=levels, mode=mode)
             qmodel = compile_classifier(tfq.quantize_model(float_model, scheme), args.learning_rate)
@@ -123,6 +144,22 @@ def run_dataset(name, args):
                 f"(drop {row['drop_pt']:+.2f} pt, {row['seconds']:.0f} s)"
             )
     return rows
+
+
+def _qkeras_row(float_model, train, test, args):
+    """The QKeras ternary peer from the same float start, the same epochs, batch and learning
+    rate; None (with the install hint on stderr) when QKeras is not installed."""
+    missing = peers.qkeras_missing()
+    if missing:
+        _progress(f"  skip QKeras ternary: {missing}")
+        return None
+    model = compile_classifier(peers.qkeras_ternary(float_model), args.learning_rate)
+    model.fit(*train, epochs=args.epochs, batch_size=args.batch, verbose=0)
+    return {
+        "epochs": args.epochs,
+        "accuracy": _accuracy(model, *test),
+        "distinct_per_layer": peers.qkeras_distinct(model),
+    }
 
 
 def _progress(line):
@@ -166,7 +203,8 @@ def main(argv=None):
         "--methods",
         nargs="*",
         default=["naive", "MVQ", "SLQ", "MLQ", "MPA", "MPA+tune", "MPA+STE"],
-        help="rows per width: naive MVQ SLQ MLQ MPA MPA+tune MPA+STE (MLQ: ternary only)",
+        help="rows per width: naive MVQ SLQ MLQ MPA MPA+tune MPA+STE QKeras (MLQ and the "
+        "QKeras peer: ternary only)",
     )
     parser.add_argument("--epochs", type=int, default=8, help="quantization epochs per row")
     parser.add_argument("--float-epochs", type=int, default=8)
