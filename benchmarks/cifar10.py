@@ -15,9 +15,11 @@ converter path for its rows), drop vs float, the ANS container's bytes and ratio
 (tfquant rows), epochs and minutes. The first conv and the last Dense stay 8-bit in every
 quantized row (`keep_first_last_8bit`, as TTQ, LQ-Nets and APoT keep them at full precision).
 
-A run with `--rows` measures only those rows and replaces their records in the JSON (each
-with the date, settings and machine); the table printed at the end holds every stored row
-measured with the same settings. `--quick` (a slice, one epoch, its own JSON) is what the test
+A run measures the rows not yet stored for its settings (`--rows` names rows to measure again,
+`--rerun` measures every row) and stores each record in the JSON as soon as it finishes (with
+the date, settings and machine); the table printed at the end holds every stored row measured
+with the same settings, then the issue's targets checked on them. `--table` prints that table
+from the JSON without training. `--quick` (a slice, one epoch, its own JSON) is what the test
 suite runs. The data is the offline JPEG (q75) copy of CIFAR-10, so the published figures
 printed beside ours are context, not the same experiment.
 """
@@ -233,6 +235,36 @@ def _print_table(records, settings):
     missing = [n for n in ROWS if not any(r["row"] == n for r in rows)]
     if missing:
         print(f"rows not measured yet with these settings: {', '.join(missing)}")
+    if reference is not None:
+        _print_targets({r["row"]: r["keras_accuracy"] for r in rows}, reference)
+
+
+# The issue's targets on Keras accuracy: (row, the row it is compared with or None for float,
+# the least margin in points over it; a negative margin is the drop allowed below float).
+TARGETS = [
+    ("MPA 4-bit", None, -0.2),
+    ("MPA 3-bit", None, -0.5),
+    ("MPA 3-bit", "naive 3-bit", 0.5),
+    ("MPA 2-bit", "naive 2-bit", 0.5),
+    ("MPA ternary", None, -0.5),
+    ("MPA ternary", "tfmot cluster 4", 0.0),
+    ("LQ-Nets W2A2", None, -1.5),
+]
+
+
+def _print_targets(accuracy, reference):
+    """One line per target: met, missed (with the gap) or not measured yet."""
+    print("targets (Keras accuracy, points):")
+    for row, other, margin in TARGETS:
+        base = reference if other is None else accuracy.get(other)
+        against = "float" if other is None else other
+        goal = f"{row} >= {against} {margin:+.1f}"
+        if row not in accuracy or base is None:
+            print(f"  {goal}: not measured yet")
+            continue
+        gap = 100 * (accuracy[row] - base)
+        verdict = "met" if gap >= margin - 1e-9 else "MISSED"
+        print(f"  {goal}: {gap:+.2f} ({verdict})")
 
 
 def main(argv=None):
@@ -246,20 +278,31 @@ def main(argv=None):
     parser.add_argument("--json", default="benchmarks/results/cifar10.json")
     parser.add_argument("--quick", action="store_true", help="a slice, 1 epoch (the tests)")
     parser.add_argument("--list", action="store_true", help="print the row names and exit")
+    parser.add_argument("--rerun", action="store_true", help="measure stored rows again")
+    parser.add_argument(
+        "--table", action="store_true", help="print the stored table (no training) and exit"
+    )
     args = parser.parse_args(argv)
     if args.list:
         print("\n".join(ROWS))
         return
     if args.quick:
         args.epochs, args.train, args.test = 1, min(args.train, 256), min(args.test, 200)
-    data = datasets.load("cifar10", limit=(args.train, args.test))
-    float_model = pretrained("resnet20_cifar10")
     records = {}
     if os.path.exists(args.json):
         with open(args.json) as stream:
             records = {r["row"] + json.dumps(r["settings"]): r for r in json.load(stream)["rows"]}
     settings = _settings(args)
-    for name in args.rows or list(ROWS):
+    if args.rows:
+        todo = args.rows
+    else:
+        todo = [n for n in ROWS if args.rerun or n + json.dumps(settings) not in records]
+    if args.table:
+        todo = []
+    if todo:
+        data = datasets.load("cifar10", limit=(args.train, args.test))
+        float_model = pretrained("resnet20_cifar10")
+    for name in todo:
         _progress(f"{name}: start")
         record = _run_row(name, float_model, data, args)
         record.update(
@@ -275,7 +318,8 @@ def main(argv=None):
         os.replace(partial, args.json)
         _progress(f"{name}: {json.dumps(record)}")
     _print_table(records, settings)
-    print(f"wrote {args.json}")
+    if todo:
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ Run: python benchmarks/run_all.py [--quick] [--only NAME ...] [--render-only]
   --quick        reduced settings (minutes instead of hours; the section says so)
   --only         run these benchmarks only (the others keep their last stored output)
   --render-only  rebuild the README section from the stored outputs without running anything
+  --table-only   for benchmarks whose rows accumulate over several runs (cifar10), store the
+                 table of the rows measured so far without training any
 
 Each benchmark's table (its stdout) is stored in benchmarks/results/<name>.txt next to its
 JSON; the README section between the `results:begin` / `results:end` markers is rebuilt from
@@ -123,6 +125,12 @@ BENCHMARKS = {
         ["benchmarks/schedules.py"],
         ["--learning-rate", "5e-4"],
         ["--datasets", "mnist", "--bits", "2", "--epochs", "2", "--float-epochs", "2"],
+    ),
+    "cifar10": (
+        "CIFAR-10 ResNet-20: every method from the shipped float baseline (rows accumulate)",
+        ["benchmarks/cifar10.py"],
+        ["--epochs", "8", "--train", "50000"],
+        ["--quick"],
     ),
     "compression": (
         "Compression (LeNet-300-100, LeNet-5 on MNIST; LeNet-5 on a CIFAR-10 subset)",
@@ -264,8 +272,18 @@ ANCHORS = [
 ]
 
 
-def _run(name, quick):
+# Benchmarks whose rows accumulate in their JSON over several runs, and the flag that prints
+# the stored table without measuring (`--table-only`).
+STORED_TABLE = {"cifar10": "--table"}
+
+
+def _run(name, quick, table_only=False):
     title, command, full, reduced = BENCHMARKS[name]
+    if table_only:
+        if name not in STORED_TABLE:
+            print(f"[{name}] skipped: --table-only applies to {', '.join(STORED_TABLE)}")
+            return None
+        full = [*full, STORED_TABLE[name]]
     script = command[0] if not command[0].startswith("-") else None
     if script and not os.path.exists(os.path.join(ROOT, script)):
         print(f"[{name}] skipped: {script} does not exist yet")
@@ -341,12 +359,13 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS))
     parser.add_argument("--render-only", action="store_true")
+    parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args(argv)
     os.makedirs(RESULTS, exist_ok=True)
     failed = []
     if not args.render_only:
         for name in args.only or BENCHMARKS:
-            if _run(name, args.quick) is False:
+            if _run(name, args.quick, args.table_only) is False:
                 failed.append(name)
     write_readme(render())
     print(f"README results section rebuilt{'; failed: ' + ', '.join(failed) if failed else ''}")

@@ -9,9 +9,10 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(rows, path):
+def _run(rows, path, *flags):
+    command = [sys.executable, "benchmarks/cifar10.py", "--quick", "--json", str(path), *flags]
     done = subprocess.run(
-        [sys.executable, "benchmarks/cifar10.py", "--quick", "--json", str(path), "--rows", *rows],
+        command + (["--rows", *rows] if rows else []),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -42,3 +43,13 @@ def test_quick_rows_accumulate(tmp_path):
     for name in ("float", "naive 2-bit", "MPA 2-bit"):
         assert name.split() in [line[: len(name.split())] for line in lines], table
     assert "rows not measured yet" in table
+    # the targets, checked on the stored rows
+    assert "targets (Keras accuracy, points):" in table
+    target = next(line for line in table.splitlines() if "MPA 2-bit >= naive 2-bit +0.5" in line)
+    assert target.rstrip().endswith(("(met)", "(MISSED)")), target
+    assert "MPA 3-bit >= float -0.5: not measured yet" in table
+
+    # --table: the same table from the JSON, nothing trained or stored
+    before = path.read_text()
+    assert _run([], path, "--table") == table.replace(f"wrote {path}\n", "")
+    assert path.read_text() == before
