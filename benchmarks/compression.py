@@ -314,20 +314,29 @@ def evaluate_row(name, label, qmodel, train, test, float_accuracy, args):
     }
 
 
-def run_model(name, args):
+def load_data(name, args):
+    """`(train, test)` of net `name` with the limits of `args` (its own when it has some)."""
     dataset, limits = _DATA[name]
     limits = limits if limits and args.limit is None else (args.limit, args.test_limit)
-    train, test = datasets.load(dataset, limit=limits)
-    model, origin = float_model(name, train, args)
-    float_accuracy = _accuracy(model, *test)
-    print(f"{name}: float baseline {origin}, test accuracy {float_accuracy:.4f}")
-    if args.float16:  # so that allocate_bits counts 2-byte biases (accuracy measured before)
+    return datasets.load(dataset, limit=limits)
+
+
+def float16_biases(model, args):
+    """With --float16 (the default), `model`'s biases rounded to float16 in place, so that
+    allocate_bits counts 2-byte biases (measure the float accuracy before)."""
+    if args.float16:
         for variable in model.trainable_weights:
             if "bias" in variable.name:
                 variable.assign(variable.numpy().astype(np.float16).astype(np.float32))
+
+
+def allocate_plans(name, model, train, args):
+    """ratio -> `tfq.allocate_bits` plan for a budget of the float kernel bytes / ratio, for
+    each of --ratios that has one; allocate_bits is deterministic, so one plan serves every
+    seed."""
     hessian_data = (train[0][: args.hessian_samples], train[1][: args.hessian_samples])
     float_bytes = kernel_float_bytes(name, model)
-    plans = {}  # ratio -> plan; allocate_bits is deterministic, so one plan serves every seed
+    plans = {}
     for ratio in args.ratios:
         try:
             plans[ratio] = tfq.allocate_bits(
@@ -339,6 +348,17 @@ def run_model(name, args):
             )
         except ValueError as error:
             print(f"{name}: no plan for {ratio}x ({error})")
+    return plans
+
+
+def run_model(name, args):
+    train, test = load_data(name, args)
+    model, origin = float_model(name, train, args)
+    float_accuracy = _accuracy(model, *test)
+    print(f"{name}: float baseline {origin}, test accuracy {float_accuracy:.4f}")
+    float16_biases(model, args)
+    float_bytes = kernel_float_bytes(name, model)
+    plans = allocate_plans(name, model, train, args)
     rows = []
     for seed in args.seeds:
 
@@ -474,7 +494,8 @@ def pareto_png(rows, path):
     figure.savefig(path, dpi=120)
 
 
-def main(argv=None):
+def build_parser():
+    """This benchmark's command line (other benchmarks parse its settings with it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["lenet300_100", "lenet5", "lenet5_cifar10"])
     parser.add_argument("--limit", type=int, default=None, help="training images (all)")
@@ -519,6 +540,11 @@ def main(argv=None):
     )
     parser.add_argument("--json", default="benchmarks/results/compression.json")
     parser.add_argument("--png", default="benchmarks/results/compression_pareto.png")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     for name in args.models:
         if name not in _BUILDERS:

@@ -211,10 +211,24 @@ BENCHMARKS = {
         ["--train", "2000", "--test", "500", "--rounds", "2", "--runs", "100"],
     ),
     "micro": (
-        "TFLite Micro models storing kernels as trained indices (LeNet-5 MNIST, `to_micro`)",
+        "TFLite Micro models storing kernels as trained indices (LeNet-5, LeNet-300-100 MNIST, "
+        "`to_micro`)",
         ["benchmarks/micro.py"],
         [],
-        ["--train", "2000", "--test", "500", "--rounds", "2", "--runs", "50"],
+        [
+            "--train",
+            "2000",
+            "--test",
+            "500",
+            "--recipe-epochs",
+            "2",
+            "--recipe-train",
+            "5000",
+            "--rounds",
+            "2",
+            "--runs",
+            "50",
+        ],
     ),
     "real_networks": (
         "BatchNorm networks vs tfmot int8: ResNet-20 and MobileNetV2 on CIFAR-10",

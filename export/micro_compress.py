@@ -36,6 +36,7 @@ _DCM_BYTES = 16  # DECODE Common Metadata header in front of every ancillary ten
 _LUT, _PRUNE = 0, 2  # DCM decode types
 _PER_TENSOR_AXIS = 0xF
 _PRUNE_VERSION = 1  # DCM byte 4 of a pruning table: its format version
+_INT8 = 9  # TensorType.INT8 in the TFLite schema
 
 
 class MicroCompressionError(AssertionError):
@@ -399,7 +400,8 @@ def decoded_kernels(micro_tfl):
 
     Raises:
       InvalidTfliteError: `micro_tfl` is not a valid flatbuffer. ValueError: a DECODE's
-        ancillary data is not a LUT or pruning table tfquant wrote.
+        inputs or ancillary data are not a LUT or pruning table tfquant wrote, or do not fit
+        the tensor they decode to (the message names `micro_tfl` and the tensor).
     """
     model = read_model(micro_tfl)
     out = {}
@@ -407,38 +409,68 @@ def decoded_kernels(micro_tfl):
         for op in subgraph.operators:
             if _custom_name(model.operatorCodes[op.opcodeIndex]) != _DECODE_OP:
                 continue
-            inputs = [int(i) for i in op.inputs]
-            for position, output in enumerate(op.outputs):
+            inputs = [] if op.inputs is None else [int(i) for i in op.inputs]
+            outputs = [] if op.outputs is None else [int(i) for i in op.outputs]
+            if len(inputs) != 2 * len(outputs):
+                raise ValueError(
+                    f"micro_tfl: a DECODE has {len(inputs)} inputs for {len(outputs)} outputs "
+                    "(an encoded and an ancillary tensor per output)"
+                )
+            for position, output in enumerate(outputs):
                 encoded = subgraph.tensors[inputs[2 * position]]
                 ancillary = _int8_buffer(model, subgraph.tensors[inputs[2 * position + 1]])
-                target = subgraph.tensors[int(output)]
+                target = subgraph.tensors[output]
                 name = target.name.decode("utf-8", "replace") if target.name else ""
-                shape = tuple(int(s) for s in target.shape)
+                shape = tuple(int(s) for s in ([] if target.shape is None else target.shape))
                 data = _int8_buffer(model, encoded).tobytes()
-                out[name] = _decode(ancillary, data, shape, target, name)
+                try:
+                    out[name] = _decode(ancillary, data, shape, target)
+                except ValueError as error:
+                    raise ValueError(f"micro_tfl: DECODE of {name!r}: {error}") from error
     return out
 
 
-def _decode(ancillary, data, shape, target, name):
+def _decode(ancillary, data, shape, target):
+    if target.type != _INT8:
+        raise ValueError(f"decodes to tensor type {target.type}, not INT8")
     if ancillary.size < _DCM_BYTES or ancillary[1] != 1:
-        raise ValueError(f"DECODE of {name!r}: no version-1 DECODE header")
+        raise ValueError("no version-1 DECODE header")
     count = int(np.prod(shape))
     quantization = target.quantization
     zero_points = np.asarray(
         [0] if quantization is None or quantization.zeroPoint is None else quantization.zeroPoint
     )
     axis = 0 if quantization is None else int(quantization.quantizedDimension)
+    if zero_points.size > 1 and not (0 <= axis < len(shape) and shape[axis] == zero_points.size):
+        raise ValueError(f"{zero_points.size} zero points along axis {axis} of shape {shape}")
     if ancillary[0] == _PRUNE:
         if ancillary[4] != _PRUNE_VERSION:
-            raise ValueError(f"DECODE of {name!r}: pruning format version {int(ancillary[4])}")
+            raise ValueError(f"pruning format version {int(ancillary[4])}")
+        if len(data) < math.ceil(count / 8):
+            raise ValueError(f"a pruning mask of {len(data)} bytes for {count} values")
         values = ancillary[_DCM_BYTES:].view(np.int8)
         return prune_decode(data, values, shape, zero_points, axis), None
     if ancillary[0] != _LUT:
-        raise ValueError(f"DECODE of {name!r}: decode type {int(ancillary[0])} is not LUT/prune")
+        raise ValueError(f"decode type {int(ancillary[0])} is not LUT/prune")
     params = int(ancillary[5])
     bits, table_axis, stride = params & 0x7, params >> 4, int(ancillary[6])
-    tables = ancillary[_DCM_BYTES:].view(np.int8).reshape(-1, stride)
+    tables = ancillary[_DCM_BYTES:].view(np.int8)
+    if not 1 <= bits <= MAX_INDEX_BITS or stride < 1 or tables.size % stride:
+        raise ValueError(
+            f"a LUT of {bits}-bit indices, stride {stride} and {tables.size} table bytes"
+        )
+    tables = tables.reshape(-1, stride)
+    if table_axis == _PER_TENSOR_AXIS:
+        channels = 1
+    elif table_axis < len(shape):
+        channels = shape[table_axis]
+    else:
+        raise ValueError(f"LUT axis {table_axis} of a tensor of shape {shape}")
+    if len(tables) < channels:
+        raise ValueError(f"{len(tables)} LUTs for {channels} channels")
     indices = unpack_indices(data, bits, count).reshape(shape)
+    if indices.size and indices.max() >= stride:
+        raise ValueError(f"an index {int(indices.max())} past a table of {stride} values")
     if table_axis == _PER_TENSOR_AXIS:
         return tables[0][indices], tables
     moved = np.moveaxis(indices, table_axis, 0)

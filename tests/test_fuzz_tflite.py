@@ -1,9 +1,11 @@
 """The .tflite inspection path on corrupt input: `flatbuffer.validate` names what is wrong
 before a native interpreter sees the file, and a bounded hypothesis fuzz of mutated bytes (in a
 process of its own with an address-space cap, so a segfault or a runaway allocation fails the
-test instead of killing pytest) finds no crash and no error other than ours.
+test instead of killing pytest) finds no crash and no error other than ours, on exported
+models, compressed containers and compressed TFLite Micro files (`to_micro`, LUT and pruning).
 """
 
+import json
 import os
 import pathlib
 import subprocess
@@ -126,3 +128,8 @@ def test_fuzzed_tflite_and_containers_never_crash(tmp_path):
         )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert f"fuzz cases: {EXAMPLES}" in result.stdout
+    summary = json.loads((tmp_path / "fuzz.json").read_text())
+    # Compressed TFLite Micro files (LUT and pruning) were mutated too, and files with a
+    # corrupt DECODE header were loaded and run by TFLM: none crashed.
+    assert summary["micro_cases"] >= EXAMPLES // 3
+    assert summary["micro_header_cases"] > summary["micro_header_loaded"] > 0

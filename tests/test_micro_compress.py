@@ -1,6 +1,8 @@
-"""TFLite Micro models that store each kernel as its codebook indices (`to_micro`): LUT per
-tensor, per channel and BatchNorm-folded, the pruning encoder, a codebook too large for a LUT,
-the proof (identical outputs, LUTs read back) and bad input."""
+"""TFLite Micro models that store each kernel as its codebook indices (`to_micro`): every
+scheme of the end-to-end tests, LUT per tensor, per channel and BatchNorm-folded, the pruning
+encoder (hand-zeroed kernels and a `GradualPruning` run), a codebook too large for a LUT, the
+proof (identical outputs, LUTs read back), corrupt DECODE data and bad input. Corrupt
+compressed files in TFLM itself: tests/test_fuzz_tflite.py."""
 
 import warnings
 
@@ -9,6 +11,7 @@ import pytest
 
 import tfquant as tfq
 from tests.conftest import compile_model
+from tests.test_end_to_end import SCHEMES
 from tfquant import export
 from tfquant.export import micro_compress
 from tfquant.export.folding import exact_kernels
@@ -60,6 +63,42 @@ def test_per_layer_codebook_is_a_3_bit_lut_with_identical_outputs(multivalued, d
     assert len(decoded) == 4
     config = report.get_config()
     assert micro_compress.MicroCompressionReport(**config).get_config() == config
+
+
+#: Schemes of the end-to-end tests that the tests below already take through `to_micro`.
+COVERED = {
+    "multivalued-kmeans-3bit": "test_per_layer_codebook_is_a_3_bit_lut_with_identical_outputs",
+    "ternary-twn-per-channel": "test_per_channel_codebooks",
+    "uniform-8bit": "test_codebook_over_128_values_stays_int8_with_a_warning",
+}
+
+
+@pytest.mark.parametrize("name", sorted(set(SCHEMES) - set(COVERED)))
+def test_every_scheme_runs_identically_in_tflm(name, float_model, digits):
+    # Every kernel of at most 128 values is a LUT of ceil(log2(levels)) bits whose table reads
+    # back as its trained codes; a larger codebook (8-bit uniform) stays int8, with a warning.
+    (x, _), _ = digits
+    qmodel = _trained(float_model, SCHEMES[name](), digits)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        micro_tfl, report = export.to_micro(qmodel, x[:16])
+    assert report.identical_outputs and report.samples == 16
+    trained = _codes(qmodel)
+    assert [k.layer for k in report.kernels] == list(trained)
+    largest = 2**micro_compress.MAX_INDEX_BITS  # 128 values
+    stay_int8 = [k.layer for k in report.kernels if k.levels > largest]
+    for kernel in report.kernels:
+        if kernel.levels > largest:
+            assert kernel.encoding == "int8" and not kernel.codes_read_back
+            continue
+        assert kernel.encoding.startswith("lut") and kernel.codes_read_back
+        assert kernel.index_bits == micro_compress.index_bits(kernel.levels)
+        codes = set(np.unique(trained[kernel.layer].codes).tolist())
+        assert codes <= set(kernel.table_values) <= codes | {0}  # per-channel: padded with 0
+    warned = " ".join(str(w.message) for w in caught if issubclass(w.category, UserWarning))
+    assert all(layer in warned for layer in stay_int8)
+    assert report.micro_bytes < report.int8_bytes or len(stay_int8) == len(report.kernels)
+    assert len(micro_compress.decoded_kernels(micro_tfl)) == len(report.kernels) - len(stay_int8)
 
 
 def test_per_channel_codebooks(float_model, digits):
@@ -157,6 +196,59 @@ def test_sparse_kernels_through_the_prune_encoder(float_model, digits):
     nonzero = np.count_nonzero(_codes(qmodel)["quant_fc1"].codes)
     assert fc1.stored_bytes == 32768 // 8 + 16 + nonzero < 32768 // 4
     assert best.micro_bytes <= min(lut.micro_bytes, pruned.micro_bytes)
+
+
+def test_gradual_pruning_run_through_the_prune_encoder(float_model, digits):
+    # A model pruned in training (zero intervals widened by GradualPruning), not by hand.
+    (x, y), _ = digits
+    scheme = tfq.schemes.Multivalued(
+        levels=5, sparsity=0.5, layers={"fc1": {"levels": 3, "sparsity": 0.95}}
+    )
+    qmodel = compile_model(tfq.quantize_model(float_model, scheme), 1e-3)
+    pruning = tfq.callbacks.GradualPruning(end_epoch=1, frequency=2, verbose=0)
+    qmodel.fit(x[:256], y[:256], epochs=2, batch_size=32, verbose=0, callbacks=[pruning])
+    fc1_codes = _codes(qmodel)["quant_fc1"].codes
+    assert np.mean(fc1_codes == 0) >= 0.94
+    micro_tfl, report = export.to_micro(qmodel, x[:16], encoding="smallest")
+    assert report.identical_outputs
+    kernels = {k.layer: k for k in report.kernels}
+    fc1 = kernels["quant_fc1"]
+    assert fc1.encoding == "prune" and fc1.codes_read_back
+    assert fc1.stored_bytes == fc1_codes.size // 8 + 16 + np.count_nonzero(fc1_codes)
+    values, tables = micro_compress.decoded_kernels(micro_tfl)[f"{fc1.tensor}_decoded"]
+    assert tables is None and np.array_equal(values, fc1_codes)
+    # "smallest" took, per kernel, the smaller of the LUT and the pruning encoding.
+    for kernel in report.kernels:
+        codes = _codes(qmodel)[kernel.layer].codes
+        bits = micro_compress.index_bits(kernel.levels)
+        lut = -(-codes.size * bits // 8) + np.unique(codes).size  # indices + the table
+        prune = -(-codes.size // 8) + np.count_nonzero(codes)  # mask + non-zero codes
+        assert kernel.encoding == ("prune" if prune < lut else "lut per tensor")
+
+
+def test_corrupt_decode_data_is_a_clear_error(multivalued, digits):
+    qmodel, int8_tfl = multivalued
+    (x, _), _ = digits
+    micro_tfl, _ = export.to_micro(qmodel, x[:4], int8_tflite=int8_tfl)
+    model = micro_compress.read_model(micro_tfl)
+    graph = model.subgraphs[0]
+    names = [code.customCode for code in model.operatorCodes]
+    decode = next(
+        op for op in graph.operators if names[op.opcodeIndex] in (b"TFLM_DECODE", "TFLM_DECODE")
+    )
+    header = bytes(model.buffers[graph.tensors[decode.inputs[1]].buffer].data)
+    offset = micro_tfl.find(header)
+    assert offset > 0 and header[:2] == b"\0\1"  # LUT, version 1
+    edits = {
+        0: (5, "decode type 5 is not LUT/prune"),  # decode type
+        5: (0x10, "a LUT of 0-bit indices"),  # index width 0, per-channel axis 1
+        6: (0, "stride 0"),  # table stride
+    }
+    for position, (value, message) in edits.items():
+        corrupt = bytearray(micro_tfl)
+        corrupt[offset + position] = value
+        with pytest.raises(ValueError, match=rf"micro_tfl: DECODE of '.+': .*{message}"):
+            micro_compress.decoded_kernels(bytes(corrupt))
 
 
 def test_prune_format_against_the_decoder_spec():

@@ -15,7 +15,7 @@ from jupyter_client.manager import KernelManager
 
 COLAB = pathlib.Path(__file__).resolve().parents[1] / "colab"
 KERNEL = "tfquant-tests"
-# Figures (image/png outputs) each notebook draws; 05 prints tables only.
+# Figures (image/png outputs) each notebook draws; 05 and 07 print tables only.
 FIGURES = {
     "01_quickstart.ipynb": 1,
     "02_mpa_lenet5_mnist.ipynb": 3,
@@ -23,6 +23,7 @@ FIGURES = {
     "04_compression.ipynb": 3,
     "05_export_and_latency.ipynb": 0,
     "06_cifar10_resnet20.ipynb": 2,
+    "07_microcontroller.ipynb": 0,
 }
 
 

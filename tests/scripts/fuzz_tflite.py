@@ -7,8 +7,11 @@ Known crashers run first (see `known_crashers`). Each case mutates the bytes of 
 exported model (byte and word overwrites, truncation, deletion, insertion) and feeds them to
 `flatbuffer.stored_tensors`, `edgetpu_report`, `check_tflite` (with data, so the model also
 runs) and `micro_report`; every `--container-every`-th case also decodes a mutated
-`tfq.coding.compress` container. A case passes when the call returns or raises a ValueError
-(InvalidTfliteError, CompressedFormatError, ...) whose message names `tfl` or the container.
+`tfq.coding.compress` container, and every `--micro-every`-th case mutates a TFLite Micro file
+of `to_micro` (LUT, or pruning from a sparse model, in turn) and feeds it to `decoded_kernels`
+and to `micro_report` with data (TFLM loads it and runs its DECODE operators).
+A case passes when the call returns or raises a ValueError (InvalidTfliteError,
+CompressedFormatError, ...) whose message names `tfl`, the container or the DECODE.
 Anything else fails the run: another exception type (printed with its traceback, exit code 1),
 a crash (the caller sees the signal; DIR/last-case.bin holds the input) or an allocation past
 the cap (RLIMIT_AS: it raises MemoryError or aborts). Prints 'fuzz cases: N' at the end.
@@ -27,6 +30,7 @@ parser.add_argument("--examples", type=int, default=150)
 parser.add_argument("--seed", type=int, default=None, help="random exploration (default: fixed)")
 parser.add_argument("--headroom-mb", type=int, default=3072)
 parser.add_argument("--container-every", type=int, default=4)
+parser.add_argument("--micro-every", type=int, default=3)
 args = parser.parse_args()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -36,7 +40,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import tfquant as tfq  # noqa: E402
 from tfquant import export  # noqa: E402
-from tfquant.export import flatbuffer  # noqa: E402
+from tfquant.export import flatbuffer, micro_compress  # noqa: E402
 
 keras = tfq.keras
 
@@ -59,10 +63,30 @@ def tiny_model():
     return qmodel, x, target
 
 
+def sparse_model(x):
+    """A one-Dense model whose kernel is 90 % zeros: `to_micro` prunes it."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(32)]
+    )
+    kernel, bias = model.layers[-1].get_weights()
+    kernel[np.random.default_rng(0).random(kernel.shape) < 0.9] = 0.0
+    model.layers[-1].set_weights([kernel, bias])
+    qmodel = tfq.quantize_model(model, tfq.schemes.Ternary())
+    qmodel(x, training=True)
+    return qmodel
+
+
 QMODEL, X, TARGET = tiny_model()
 TFL = export.to_tflite(QMODEL, X)
 BLOB = tfq.coding.compress(QMODEL).to_bytes()
 export.check_tflite(TFL, QMODEL, X)  # the unmutated model passes every check
+MICRO = [export.to_micro(QMODEL, X)[0], export.to_micro(sparse_model(X), X, encoding="prune")[0]]
+for micro in MICRO:  # what the mutations start from: a LUT and a pruned kernel, each decoded
+    assert {k[1] is None for k in micro_compress.decoded_kernels(micro).values()} in (
+        {False},
+        {True},
+    )
 os.makedirs(args.out, exist_ok=True)
 LAST = os.path.join(args.out, "last-case.bin")
 
@@ -127,7 +151,64 @@ def expect_clean(call, label, name):
         return "rejected"
 
 
-counts = {"cases": 0, "accepted": 0, "rejected": 0, "container_cases": 0}
+counts = {
+    "cases": 0,
+    "accepted": 0,
+    "rejected": 0,
+    "container_cases": 0,
+    "micro_cases": 0,  # mutated TFLite Micro files
+    "micro_loaded": 0,  # of which TFLM loaded (and then ran)
+    "micro_header_cases": 0,  # one DECODE header byte set to a telling value
+    "micro_header_loaded": 0,
+}
+
+
+def micro_case(micro, count=True):
+    """A mutated TFLite Micro file: its kernels decoded here, then loaded and run in TFLM
+    (counted as a fuzz case, or with `count=False` as a header case)."""
+    with open(LAST, "wb") as stream:
+        stream.write(micro)
+    expect_clean(lambda: micro_compress.decoded_kernels(micro), "decoded_kernels", "tfl")
+    loaded = expect_clean(
+        lambda: export.micro_report(micro, arena_size=1 << 20), "micro_report", "tfl"
+    )
+    expect_clean(
+        lambda: export.micro_report(micro, data=X[:2], arena_size=1 << 20),
+        "micro_report of a compressed model, run",
+        "tfl",
+    )
+    kind = "micro" if count else "micro_header"
+    counts[f"{kind}_cases"] += 1
+    counts[f"{kind}_loaded"] += loaded == "accepted"
+
+
+def decode_headers(micro):
+    """Offsets in `micro` of each DECODE ancillary tensor's data (its 16-byte header first)."""
+    model = flatbuffer.read_model(micro)
+    offsets = []
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            if op.inputs is None or len(op.inputs) < 2:
+                continue
+            for ancillary in op.inputs[1::2]:
+                data = model.buffers[subgraph.tensors[ancillary].buffer].data
+                if data is not None and len(data) >= 16 and bytes(data[:2]) in (b"\0\1", b"\2\1"):
+                    offsets.append(micro.find(bytes(data)))
+    return [offset for offset in offsets if offset >= 0]
+
+
+def header_corruptions(micro):
+    """`micro` with one byte of a DECODE header set to a telling value, for each of the first
+    8 header bytes (decode type, version, pruning version, index width / table axis, table
+    stride) of each DECODE."""
+    cases = []
+    for offset in decode_headers(micro):
+        for position in range(8):
+            for value in (0, 1, 2, 0x17, 0x7F, 0xFF):
+                data = bytearray(micro)
+                data[offset + position] = value
+                cases.append(bytes(data))
+    return cases
 
 
 def one_case(tfl, container, count=True):
@@ -174,6 +255,10 @@ def fuzz(data):
     container = None
     if counts["cases"] % args.container_every == 0:
         container = mutate(BLOB, container_edits)
+    micro = MICRO[data.draw(st.integers(0, len(MICRO) - 1), label="micro file")]
+    micro_edits = data.draw(mutations(max(len(m) for m in MICRO)), label="micro edits")
+    if counts["cases"] % args.micro_every == 0:
+        micro_case(mutate(micro, micro_edits))
     one_case(mutate(TFL, edits), container)
 
 
@@ -193,6 +278,11 @@ if args.seed is not None:
 try:
     for case in known_crashers(TFL):
         one_case(case, None, count=False)
+    for micro in MICRO:
+        cases = header_corruptions(micro)
+        assert cases, "no DECODE header found in a TFLite Micro file"
+        for case in cases:
+            micro_case(case, count=False)
     fuzz()
 except Exception:
     traceback.print_exc()
