@@ -3,12 +3,13 @@ that nothing reads), with the matching inputs of the layers after them, so that 
 network predicts what the pruned one does (structured pruning's last step, as in Wen et al.
 2016 "Learning Structured Sparsity in Deep Neural Networks", Sec. 3).
 
-A channel of Conv2D, DepthwiseConv2D or Dense is *dead* when its hard-quantized kernel slice
-is all zeros and the constant it then outputs (its bias through the layer's activation and
-any BatchNormalization / activation / Dropout after it) is exactly 0 where another layer
-mixes it in. A dead channel whose constant is not 0 (a bias or a BatchNorm offset that
-survives the ReLU) is kept: folding that constant into the next layer's bias would change
-the next layer's float sums, so the predictions would no longer be bit-identical.
+A channel of Conv1D, Conv2D, Conv2DTranspose, DepthwiseConv2D or Dense is *dead* when its
+hard-quantized kernel slice is all zeros and the constant it then outputs (its bias through
+the layer's activation and any BatchNormalization / activation / Dropout after it) is
+exactly 0 where another layer mixes it in. A dead channel whose constant is not 0 (a bias
+or a BatchNorm offset that survives the ReLU) is kept: folding that constant into the next
+layer's bias would change the next layer's float sums, so the predictions would no longer
+be bit-identical.
 """
 
 import copy
@@ -26,7 +27,12 @@ from tfquant._keras import (
     tf,
 )
 
-_PRODUCER_TYPES = (keras.layers.Conv2D, keras.layers.Dense)
+_PRODUCER_TYPES = (
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Dense,
+)
 _DEPTHWISE = keras.layers.DepthwiseConv2D
 _PER_CHANNEL = (
     keras.layers.BatchNormalization,
@@ -36,6 +42,10 @@ _PER_CHANNEL = (
     keras.layers.Dropout,
 )
 _POOLING = (
+    keras.layers.MaxPooling1D,
+    keras.layers.AveragePooling1D,
+    keras.layers.GlobalAveragePooling1D,
+    keras.layers.GlobalMaxPooling1D,
     keras.layers.MaxPooling2D,
     keras.layers.AveragePooling2D,
     keras.layers.GlobalAveragePooling2D,
@@ -45,8 +55,9 @@ _POOLING = (
 
 @dataclasses.dataclass
 class ShrinkReport:
-    """What `tfq.shrink` removed: output channels (units for Dense) of every Conv2D,
-    DepthwiseConv2D and Dense layer before and after, keyed by the QAT layer's name.
+    """What `tfq.shrink` removed: output channels (units for Dense) of every Conv1D, Conv2D,
+    Conv2DTranspose, DepthwiseConv2D and Dense layer (a SeparableConv2D as its two parts)
+    before and after, keyed by the QAT layer's name.
 
     Example:
       >>> report = ShrinkReport({"quant_conv1": (16, 9), "quant_fc1": (64, 64)})
@@ -90,8 +101,20 @@ def _elementwise(inner):
 
 
 def _is_producer(inner):
-    """A Conv2D (not Conv2DTranspose, not grouped) or Dense layer."""
+    """A Conv1D, Conv2D, Conv2DTranspose (not grouped) or Dense layer. (A SeparableConv2D is
+    one too: `tfq.quantize_model` splits it into a DepthwiseConv2D and a 1x1 Conv2D.)"""
     return type(inner) in _PRODUCER_TYPES and getattr(inner, "groups", 1) == 1
+
+
+def _is_transposed(inner):
+    return type(inner) is keras.layers.Conv2DTranspose
+
+
+def _io_view(inner, kernel):
+    """A producer's kernel as [taps, inputs, outputs] (Conv2DTranspose stores [h, w, out, in])."""
+    if _is_transposed(inner):
+        kernel = np.swapaxes(kernel, -1, -2)
+    return kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1])
 
 
 def _is_depthwise(inner):
@@ -124,10 +147,13 @@ def _check(qmodel):
             "qmodel must be a QAT model from tfq.quantize_model (it has no quantized "
             f"weights). Received: qmodel {qmodel.name!r}"
         )
-    for layer in qmodel.layers:
-        if len(layer.inbound_nodes) > 1:
+    if isinstance(qmodel, keras.Sequential):
+        return
+    for layer in qmodel.get_config()["layers"]:  # this model's calls only: tfmot leaves some
+        calls = len(layer["inbound_nodes"])  # layers (MaxPooling1D) shared with the float model
+        if calls > 1:
             raise ValueError(
-                f"qmodel uses layer {layer.name!r} {len(layer.inbound_nodes)} times; shrink "
+                f"qmodel uses layer {layer['config']['name']!r} {calls} times; shrink "
                 "supports each layer called once. Received: a shared layer"
             )
 
@@ -174,7 +200,7 @@ def _values(qmodel, inbound, kernels):
                 dead = np.all(kernel.reshape(-1, size) == 0, axis=0)
                 dead |= np.repeat(inputs[0] == 0, multiplier)
             else:
-                dead = np.all(kernel.reshape(-1, size) == 0, axis=0)
+                dead = np.all(_io_view(inner, kernel).reshape(-1, size) == 0, axis=0)
             if dead.any() and _elementwise(inner):
                 value = np.where(dead, _probe(layer, None, zeros_input=True), np.nan)
         elif _is_per_channel(inner) and inputs:
@@ -233,8 +259,7 @@ def _needed(qmodel, inbound, values, kernels):
                 changed |= grow(sources[0], groups)
                 changed |= grow(layer.name, np.repeat(needed[sources[0]], out.size // groups.size))
             elif _is_producer(inner):
-                kernel = kernels[layer.name]
-                rows = kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1])  # [taps, in, out]
+                rows = _io_view(inner, kernels[layer.name])  # [taps, in, out]
                 read = np.any(rows[:, :, out] != 0, axis=(0, 2))
                 changed |= grow(sources[0], read & (values[sources[0]] != 0))
             elif _is_per_channel(inner) or isinstance(inner, _POOLING):
@@ -261,17 +286,72 @@ def _needed(qmodel, inbound, values, kernels):
     return needed
 
 
-def _slice_config(config, name, keep, kind):
-    """Sets the new channel count in the (wrapped) layer config of layer `name`."""
+def _rebuilt(qmodel, counts):
+    """A new model from `qmodel`'s config with the output channel counts `counts` (layer
+    name -> filters / units of a Conv1D, Conv2D, Conv2DTranspose or Dense layer); every other
+    shape follows from them. Its weights are fresh (not copied)."""
+    config = copy.deepcopy(qmodel.get_config())
     for entry in config["layers"]:
         entry.pop("build_config", None)
         layer_config = entry["config"]
-        if layer_config.get("name") != name:
-            continue
         inner = layer_config.get("layer", entry)
         inner.pop("build_config", None)
-        key = "units" if kind is keras.layers.Dense else "filters"
-        inner["config"][key] = int(keep.sum())
+        name = layer_config.get("name")
+        if name in counts:
+            key = "units" if "units" in inner["config"] else "filters"
+            inner["config"][key] = int(counts[name])
+    with tfmot.quantization.keras.quantize_scope():
+        if isinstance(qmodel, keras.Sequential):
+            return keras.Sequential.from_config(config)
+        return keras.Model.from_config(config)
+
+
+def _kernel_variables(qmodel):
+    """Layer name -> (kernel variable, axis of its output channels) for every layer whose
+    output channel count `shrink` can change."""
+    quantized = {wrapper.name: weight for wrapper, weight, _, _ in quantized_weights(qmodel)}
+    out = {}
+    for layer in qmodel.layers:
+        inner = _inner(layer)
+        if _is_producer(inner):
+            kernel = quantized.get(layer.name, getattr(inner, "kernel", None))
+            out[layer.name] = (kernel, -2 if _is_transposed(inner) else -1)
+    return out
+
+
+def _shrunk_like(qmodel, kernel_shapes):
+    """`qmodel`'s architecture with fewer output channels: the model `tfq.shrink` would have
+    built, rebuilt from the shapes of its kernels (what `tfq.coding.decompress` does when it
+    is given the unshrunk model).
+
+    Args:
+      qmodel: a Sequential or functional QAT model from `tfq.quantize_model` (not modified).
+      kernel_shapes: dict, kernel variable `ref()` -> the shrunk kernel's shape, for the
+        Conv1D, Conv2D, Conv2DTranspose and Dense kernels (others are ignored).
+
+    Returns:
+      `(model, report)`: a new QAT model (fresh weights, not compiled) and a `ShrinkReport`
+      of the channel counts, or `(None, report)` when no count differs.
+
+    Raises:
+      ValueError: a shape whose rank differs from the model's kernel, or that has more
+        output channels than the model's.
+    """
+    counts, channels = {}, {}
+    for name, (kernel, axis) in _kernel_variables(qmodel).items():
+        shape = tuple(kernel.shape)
+        stored = tuple(kernel_shapes.get(kernel.ref(), shape))
+        if len(stored) != len(shape) or stored[axis] > shape[axis]:
+            raise ValueError(
+                f"kernel_shapes[{kernel.name!r}] must be layer {name!r}'s kernel with at most "
+                f"{shape[axis]} output channels (axis {axis}), as tfq.shrink leaves it. "
+                f"Received: a kernel of shape {stored}, the model's is {shape}"
+            )
+        channels[name] = (shape[axis], stored[axis])
+        if stored[axis] != shape[axis]:
+            counts[name] = stored[axis]
+    report = ShrinkReport(channels)
+    return (_rebuilt(qmodel, counts) if counts else None), report
 
 
 def _short_name(variable):
@@ -283,6 +363,8 @@ def _slice_weight(array, inner, in_keep, out_keep, kernel_shape):
     del kernel_shape
     if _is_depthwise(inner):
         return array[:, :, in_keep, :]
+    if _is_transposed(inner):
+        return array[..., out_keep, :][..., in_keep]
     return array[..., in_keep, :][..., out_keep]
 
 
@@ -299,7 +381,9 @@ def _slice_vector(array, inner, in_keep, out_keep, multiplier=1):
 def shrink(qmodel):
     """Returns a smaller copy of a pruned QAT model without its dead channels and units.
 
-    A Conv2D, DepthwiseConv2D or Dense output channel is removed when the model computes it
+    A Conv1D, Conv2D, Conv2DTranspose, DepthwiseConv2D or Dense output channel (a
+    SeparableConv2D's: the pointwise part's, its depthwise part's with its inputs: the QAT
+    model holds it as those two layers) is removed when the model computes it
     as exactly 0 wherever it is read (its hard-quantized kernel slice is all zeros, e.g.
     after `tfq.callbacks.GradualPruning(structure="channel")`, and its bias, BatchNorm and
     activation leave the constant 0), or when no kept layer reads it (every consumer's
@@ -319,6 +403,11 @@ def shrink(qmodel):
     inputs moves an activation across a rounding boundary of its 8-bit fake quantization
     (seen: 1 of 360 digits, one output step). `tfq.export.to_tflite` exports it exactly.
     `qmodel` is not modified.
+
+    The shrunk model saves and loads like any QAT model (`tfq.load_model`), exports with
+    `tfq.export.to_tflite` / `to_micro`, and `tfq.coding.compress` stores only its kept
+    channels; `tfq.coding.decompress` rebuilds it from the container and the unshrunk QAT
+    model (the kernels' shapes give the channel counts), or restores into a shrunk one.
 
     Args:
       qmodel: a Sequential or functional QAT model from `tfq.quantize_model`, each layer
@@ -357,30 +446,26 @@ def shrink(qmodel):
     layers = {layer.name: layer for layer in qmodel.layers}
 
     channels = {}
-    config = copy.deepcopy(qmodel.get_config())
     for layer in qmodel.layers:
         inner = _inner(layer)
         if _is_producer(inner) or _is_depthwise(inner):
             channels[layer.name] = (keep[layer.name].size, int(keep[layer.name].sum()))
-        if _is_producer(inner) and not keep[layer.name].all():
-            _slice_config(config, layer.name, keep[layer.name], type(inner))
     report = ShrinkReport(channels)
     if not report.removed and all(mask.all() for mask in keep.values()):
         warnings.warn(
-            f"shrink found nothing to remove in qmodel {qmodel.name!r}: no Conv2D, "
-            "DepthwiseConv2D or Dense channel is exactly zero where it is read. Returning a "
-            "copy.",
+            f"shrink found nothing to remove in qmodel {qmodel.name!r}: no Conv1D, Conv2D, "
+            "Conv2DTranspose, DepthwiseConv2D or Dense channel is exactly zero where it is "
+            "read. Returning a copy.",
             stacklevel=2,
         )
-    for entry in config["layers"]:
-        entry.pop("build_config", None)
-        if "layer" in entry["config"]:
-            entry["config"]["layer"].pop("build_config", None)
-    with tfmot.quantization.keras.quantize_scope():
-        if isinstance(qmodel, keras.Sequential):
-            shrunk = keras.Sequential.from_config(config)
-        else:
-            shrunk = keras.Model.from_config(config)
+    counts = {
+        layer.name: after
+        for layer in qmodel.layers
+        if _is_producer(_inner(layer))
+        for before, after in [channels[layer.name]]
+        if before != after
+    }
+    shrunk = _rebuilt(qmodel, counts)
     _copy_sliced(qmodel, shrunk, layers, inbound, keep, kernels)
     return shrunk, report
 

@@ -57,6 +57,7 @@ from tfquant.coding.stream import CompressedFormatError, Reader
 from tfquant.options import Mode, TernaryMethod, _Option
 from tfquant.quantizers.base import TfquantQuantizer
 from tfquant.quantizers.ternary import TernaryQuantizer
+from tfquant.shrink import _shrunk_like
 
 MAGIC = b"\x89TFQ\r\n\x1a\n"
 VERSION = 3
@@ -670,7 +671,9 @@ class Compressed:
     # -- restoring -----------------------------------------------------------------------------
     def restore(self, model):
         """Writes the stored values into `model`, a quantized model of the same architecture
-        (from `tfq.quantize_model` with the same scheme). See `decompress`."""
+        (from `tfq.quantize_model` with the same scheme), and returns it; or, for a container
+        of a `tfq.shrink` result and the unshrunk `model`, into a new model of the shrunk
+        architecture, which it returns. See `decompress`."""
         check_keras2_model(model)
         slots = _slots(model)
         if len(slots) != len(self._records) and self._version < 3:
@@ -680,6 +683,10 @@ class Compressed:
                 f"the container holds {len(self._records)} variables, the model has "
                 f"{len(slots)}: not the same architecture"
             )
+        if any(
+            tuple(s.variable.shape) != r.shape for s, r in zip(slots, self._records, strict=True)
+        ):
+            model, slots = _shrunk_model(model, slots, self._records)
         for index, (slot, record) in enumerate(zip(slots, self._records, strict=True)):
             _check_fits(index, slot, record)
         values = [record.values() for record in self._records]
@@ -712,12 +719,35 @@ def _without_center_tuning(model, slots, count):
     return kept if len(kept) == count else slots
 
 
+def _shrunk_model(model, slots, records):
+    """`model` rebuilt with the output channel counts of the container's kernels when it
+    holds a `tfq.shrink` result of `model`'s architecture (a new model; `model` is not
+    modified), with its slots; else `model` and `slots` unchanged (`_check_fits` then says
+    which record does not fit)."""
+    shapes = {
+        slot.variable.ref(): record.shape for slot, record in zip(slots, records, strict=True)
+    }
+    try:
+        shrunk, _ = _shrunk_like(model, shapes)
+    except ValueError:
+        return model, slots
+    if shrunk is None:
+        return model, slots
+    rebuilt = _slots(shrunk)
+    if len(rebuilt) != len(records):
+        return model, slots
+    return shrunk, rebuilt
+
+
 def _check_fits(index, slot, record):
     variable = slot.variable
     where = f"record {index} ({variable.name})"
     if tuple(variable.shape) != record.shape:
         raise CompressedFormatError(
-            f"{where}: the container holds shape {record.shape}, the model {tuple(variable.shape)}"
+            f"{where}: the container holds shape {record.shape}, the model "
+            f"{tuple(variable.shape)}: not the same architecture. Pass a quantized model of "
+            "the architecture that was compressed (same scheme); for a container of a "
+            "tfq.shrink result, the shrunk model or the model it was shrunk from"
         )
     if slot.quantizer is not None:
         if record.kind != _QUANTIZED or record.quantizer != type(slot.quantizer).__name__:
@@ -763,6 +793,11 @@ def compress(qmodel, coder="ans"):
     For a `mode="masked"` multivalued quantizer whose schedule has not frozen every weight yet,
     the free weights are stored hard-quantized too (with a warning).
 
+    A model from `tfq.shrink` is stored as it is: no weight, bias or position of a removed
+    channel, so fewer bytes than the pruned model it came from. `ratio` is then relative to
+    the shrunk kernels' float32 size; against the original network divide that model's
+    `compress(...).float_bytes` (or 4 bytes per original weight) by `nbytes`.
+
     Args:
       qmodel: a model returned by `tfq.quantize_model`.
       coder: "ans" (default; near the entropy bound) or "huffman".
@@ -792,7 +827,8 @@ def compress(qmodel, coder="ans"):
 
 
 def decompress(path_or_bytes, model, max_elements=None):
-    """Restores a container into `model` and returns `model`.
+    """Restores a container into `model` and returns `model` (or, for a shrunk model, a new
+    model of the shrunk architecture).
 
     `model` must be a quantized model of the same architecture and scheme (e.g. a fresh
     `tfq.quantize_model(keras_model, scheme)`). Its quantized kernels get the stored
@@ -800,17 +836,29 @@ def decompress(path_or_bytes, model, max_elements=None):
     stored value, so the model's quantizers reproduce the stored values exactly and the model
     computes what the compressed one did. Nothing is written unless everything fits.
 
+    A container of a `tfq.shrink` result stores only the kept channels, and no architecture
+    beyond its tensors' shapes: those shapes give every Conv1D / Conv2D / Conv2DTranspose /
+    Dense layer's output channel count, and every other shape follows. So `model` may be
+    either the shrunk model (or one of its architecture, e.g. loaded with `tfq.load_model`),
+    restored in place, or the QAT model of the architecture it was shrunk from (the same
+    `tfq.quantize_model(keras_model, scheme)` as for an unshrunk container): then a new model
+    with those channel counts is built from `model`'s config, restored and returned (not
+    compiled), and `model` is not modified. Any other mismatch raises an error that names
+    the record and both shapes.
+
     Args:
       path_or_bytes: a file path, or the bytes of `Compressed.to_bytes()`.
-      model: the quantized model to write into.
+      model: the quantized model to write into, or for a shrunk container the unshrunk
+        QAT model it was shrunk from (see above).
       max_elements: refuse tensors with more elements than this; default: the size of the
         model's largest variable (a file cannot make decoding allocate more than the model).
 
     Returns:
-      `model`.
+      `model`, or a new model of the shrunk architecture (see above).
 
     Raises:
-      CompressedFormatError: the data is not a valid container, or does not fit `model`.
+      CompressedFormatError: the data is not a valid container, or does not fit `model`
+        (neither its architecture nor a `tfq.shrink` result of it).
     """
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         data = path_or_bytes
