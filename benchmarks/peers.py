@@ -84,8 +84,8 @@ def qkeras_ternary(float_model):
 
 def qkeras_distinct(model):
     """Distinct quantized kernel values per QConv2D / QDense layer of a QKeras model
-    (`ternary(alpha="auto")` scales each output channel: 3 values per channel, up to
-    2 x channels + 1 per layer)."""
+    (`ternary(alpha="auto")` learns its scales per output channel, so a layer holds many
+    more than 3 values, unlike a per-layer ternary codebook)."""
     counts = []
     for layer in model.layers:
         quantizer = getattr(layer, "kernel_quantizer_internal", None)
