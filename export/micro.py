@@ -111,7 +111,8 @@ def micro_report(tfl, data=None, arena_size=None):
     Raises:
       TargetUnavailableError: the `tflite-micro` package is not installed.
       InvalidTfliteError (a ValueError): `tfl` is not a valid TFLite model.
-      ValueError: the model does not load in TFLM (e.g. float or unsupported ops).
+      ValueError: the model does not load in TFLM (e.g. float or unsupported ops), or
+        `data` is given for a TFLM-compressed model (`to_micro`), which LiteRT cannot run.
     """
     if not isinstance(tfl, (bytes, bytearray)):
         raise TypeError(f"tfl must be the bytes of a .tflite model. Received: {type(tfl).__name__}")
@@ -130,8 +131,17 @@ def micro_report(tfl, data=None, arena_size=None):
     if data is None:
         return report
 
+    from tfquant.export.micro_compress import has_decode_ops
     from tfquant.export.tflite import run_tflite
 
+    if has_decode_ops(tfl):
+        raise ValueError(
+            "data cannot be checked against LiteRT for a TFLM-compressed model: its DECODE "
+            "operators run only in TFLite Micro. Pass data=None for the arena report; "
+            "`to_micro` already proves the compressed model's outputs identical to the int8 "
+            "model's, which micro_report(int8_tfl, data) compares with LiteRT. Received: data "
+            f"of shape {np.shape(data)} with a model that has DECODE operators"
+        )
     micro = run_micro(interpreter, data)
     output = interpreter.get_output_details(0)
     out_scale = float(output["quantization_parameters"]["scales"][0])

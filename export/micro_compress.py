@@ -368,6 +368,12 @@ def _without_stale_quantization(modules, tfl):
     return bytes(modules["compress"]._apply_flatbuffer_alignment(model.build()))
 
 
+def has_decode_ops(tfl):
+    """True when the .tflite bytes `tfl` hold TFLM DECODE operators (a `to_micro` model)."""
+    model = read_model(tfl)
+    return any(_custom_name(code) == _DECODE_OP for code in model.operatorCodes or ())
+
+
 def _custom_name(code):
     name = code.customCode
     return name.decode("utf-8", "replace") if isinstance(name, bytes) else (name or "")
@@ -534,9 +540,15 @@ def to_micro(qmodel, representative_data, encoding="lut", int8_tflite=None, aren
       MicroCompressionError: the compressed model's outputs or kernels differ.
 
     Example:
-      >>> micro_tfl, report = tfq.export.to_micro(qmodel, x[:100])  # doctest: +SKIP
-      >>> report.identical_outputs, round(report.ratio, 2)  # doctest: +SKIP
-      (True, 0.52)
+      >>> import tfquant as tfq
+      >>> from tfquant.models.datasets import load
+      >>> (x, _), _ = load("digits", limit=(64, 8))
+      >>> layers = tfq.keras.layers
+      >>> model = tfq.keras.Sequential([layers.Flatten(input_shape=(8, 8, 1)), layers.Dense(10)])
+      >>> qmodel = tfq.quantize_model(model, tfq.schemes.Multivalued(bits=3))
+      >>> micro_tfl, report = tfq.export.to_micro(qmodel, x[:16])
+      >>> report.identical_outputs, [(k.encoding, k.index_bits) for k in report.kernels]
+      (True, [('lut per tensor', 3)])
     """
     from tfquant._keras import check_keras2_model
     from tfquant.export.folding import exact_kernels

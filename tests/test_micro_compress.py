@@ -61,6 +61,11 @@ def test_per_layer_codebook_is_a_3_bit_lut_with_identical_outputs(multivalued, d
     assert report.split_arena_bytes < report.micro_arena_bytes
     decoded = micro_compress.decoded_kernels(micro_tfl)
     assert len(decoded) == 4
+    # micro_report measures the compressed file's arena; LiteRT cannot run DECODE, so data
+    # is refused with the way to check outputs, not a misleading "invalid TFLite" error.
+    assert export.micro_report(micro_tfl).arena_bytes > 0
+    with pytest.raises(ValueError, match="data cannot be checked against LiteRT.*data=None"):
+        export.micro_report(micro_tfl, data=x[:4])
     config = report.get_config()
     assert micro_compress.MicroCompressionReport(**config).get_config() == config
 

@@ -194,3 +194,33 @@ def test_no_retracing_warning_from_tfquants_level_search(caplog):
     retracing = [r.getMessage() for r in caplog.records if "retracing" in r.getMessage()]
     assert not [m for m in retracing if "_nearest_unrolled" in m]
     assert [m for m in retracing if "users_function" in m]
+
+
+_EXPORT_SCRIPT = """
+import warnings
+import tfquant as tfq
+from tfquant.models.datasets import load
+
+keras = tfq.keras
+(x, _), _ = load("digits", limit=(64, 8))
+model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+qmodel = tfq.quantize_model(model, tfq.schemes.Multivalued(bits=3))
+tfq.export.to_tflite(qmodel, representative_data=x[:16])
+warnings.warn("the user's own warning", UserWarning, stacklevel=1)
+print("exported")
+"""
+
+
+def test_a_first_export_in_a_fresh_program_warns_nothing():
+    """In the suite an earlier conversion may have shown TensorFlow's once-per-location
+    warnings already; a fresh interpreter with Python's default filters sees what a user's
+    program sees: no converter warning, no deprecation of the interpreter its calibration
+    runs, and the user's own warning."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    done = subprocess.run(
+        [sys.executable, "-c", _EXPORT_SCRIPT], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0 and "exported" in done.stdout, done.stderr[-2000:]
+    assert "the user's own warning" in done.stderr
+    for chatter in (*CONVERTER_CHATTER, "tf.lite.Interpreter is deprecated"):
+        assert chatter not in done.stderr, done.stderr

@@ -93,6 +93,10 @@ def _plant_depthwise(qmodel):
     _kill(qmodel, {"quant_conv": [2, 5], "quant_pw": [0, 7], "quant_sep_pointwise": [1, 4]})
     _quiet_batchnorm(qmodel, "quant_conv_bn", [2, 5])
     _quiet_batchnorm(qmodel, "quant_pw_bn", [0, 7])
+    # The depthwise channels that conv's dead 2 and 5 feed output their bias through dw_bn
+    # and ReLU: planted to 0 too, so that whether they go does not depend on the training.
+    _kill(qmodel, {"quant_dw": [2, 5]})
+    _quiet_batchnorm(qmodel, "quant_dw_bn", [2, 5])
     # conv's channels 2, 5 take the depthwise channels they feed with them; pw's 0 and 7
     # take the separable conv's depthwise channels; its pointwise part loses 1 and 4.
     return {

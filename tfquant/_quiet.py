@@ -17,6 +17,9 @@ import warnings
 #: The converter's Python warning when a full-integer model's input statistics come from the
 #: representative dataset (always so in tfquant: nothing to act on).
 _CONVERTER_WARNING = r"Statistics for quantized inputs were expected, but not specified"
+# The converter's calibration runs TF's own tf.lite.Interpreter, which warns that it is
+# deprecated: about TensorFlow's internals, nothing the user's code does.
+_INTERPRETER_WARNING = r"\s*Warning: tf\.lite\.Interpreter is deprecated"
 
 # absl / TF C++ log lines: "I0000 00:00:1796384081.517249    1596 port.cc:153] message".
 _LOG_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ ([\w.]+):\d+\] (.*)$")
@@ -93,10 +96,12 @@ def startup():
 @contextlib.contextmanager
 def converter():
     """Around `TFLiteConverter.convert()`: hides the converter's "Statistics for quantized
-    inputs" UserWarning and its log lines; other warnings and stderr lines still reach the
+    inputs" UserWarning, the deprecation UserWarning of the interpreter its calibration
+    uses, and its log lines; other warnings and stderr lines still reach the
     user (the lines once the conversion has finished)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_CONVERTER_WARNING, category=UserWarning)
+        for message in (_CONVERTER_WARNING, _INTERPRETER_WARNING):
+            warnings.filterwarnings("ignore", message=message, category=UserWarning)
         with filtered_stderr(is_converter_chatter):
             yield
 
