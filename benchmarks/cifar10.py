@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import sys
+import threading
 import time
 
 import numpy as np
@@ -139,11 +140,39 @@ def _with_keep(scheme):
     return type(scheme).from_config(config)
 
 
+class _RunningClock:
+    """Wall-clock seconds while the process runs: a thread ticks every half second and a gap
+    of more than 5 s between ticks (the process was stopped, e.g. paused with SIGSTOP while
+    another job had the cores, or the machine slept) is left out of the row's minutes."""
+
+    def __init__(self):
+        self._seconds, self._last, self._done = 0.0, time.monotonic(), threading.Event()
+        self._thread = threading.Thread(target=self._tick, daemon=True)
+        self._thread.start()
+
+    def _tick(self):
+        while not self._done.wait(0.5):
+            self._add()
+
+    def _add(self):
+        now = time.monotonic()
+        gap, self._last = now - self._last, now
+        if gap < 5.0:
+            self._seconds += gap
+
+    def minutes(self):
+        """Stops the clock; the running minutes so far."""
+        self._done.set()
+        self._thread.join()
+        self._add()
+        return self._seconds / 60
+
+
 def _run_row(name, float_model, data, args):
     kind, option, schedule = ROWS[name]
     (x, y), (x_test, y_test) = data
     calibration = x[:200]
-    start = time.time()
+    clock = _RunningClock()
     record = {"row": name}
     if kind == "float":
         model = keras.models.clone_model(float_model)
@@ -190,7 +219,7 @@ def _run_row(name, float_model, data, args):
         record["coded_bytes"] = len(coded)
         record["ratio"] = float_bytes / len(coded)
         record["distinct_per_layer"] = [r.distinct for r in tfq.summary(model, print_fn=None)]
-    record["minutes"] = (time.time() - start) / 60
+    record["minutes"] = clock.minutes()
     record["keras_accuracy"] = _keras_accuracy(model, x_test, y_test)
     if tfl is not None:
         record["tflite_accuracy"] = float(np.mean(run_tflite(tfl, x_test).argmax(-1) == y_test))
