@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import tfquant as tfq
-from tfquant import configs, quantizers, schemes
+from tfquant import configs, quantizers, regularizers, schemes
 
 keras = tfq.keras
 
@@ -35,12 +35,14 @@ PUBLIC = [
     schemes.Ternary(method="ttq", per_channel=True),
     schemes.LearnedBasis(weight_bits=3, activation_bits=None),
     schemes.Uniform(bits=5),
+    regularizers.GroupLasso(strength=3e-4, channel_axis=-2),
+    regularizers.GroupLasso(depthwise=True),
 ]
 
 
 def _public_classes():
     found = set()
-    for module in (quantizers, configs, schemes):
+    for module in (quantizers, configs, schemes, regularizers):
         for name in module.__all__:
             cls = getattr(module, name)
             if inspect.isclass(cls) and not name.startswith(("Tfquant", "Scheme")):

@@ -7,7 +7,7 @@ Import tfquant before TensorFlow: it pins `tf.keras` to Keras 2 (tf_keras), whic
     qmodel = tfq.quantize_model(model, tfq.schemes.Multivalued(bits=3))
 """
 
-from tfquant import callbacks, coding, configs, quantizers, schemes  # noqa: E402
+from tfquant import callbacks, coding, configs, quantizers, regularizers, schemes  # noqa: E402
 from tfquant._keras import keras, tf  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS)
 from tfquant.allocation import BitPlan, allocate_bits  # noqa: E402
 from tfquant.quantize import quantize_annotate_layer, quantize_apply, quantize_model  # noqa: E402
@@ -35,6 +35,7 @@ __all__ = [
     "configs",
     "callbacks",
     "coding",
+    "regularizers",
     "quantize_model",
     "quantize_apply",
     "quantize_annotate_layer",
