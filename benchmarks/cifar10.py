@@ -14,6 +14,9 @@ full-integer TFLite model's test accuracy (tfquant's BatchNorm-folding export; t
 converter path for its rows), drop vs float, the ANS container's bytes and ratio to float32
 (tfquant rows), epochs and minutes. The first conv and the last Dense stay 8-bit in every
 quantized row (`keep_first_last_8bit`, as TTQ, LQ-Nets and APoT keep them at full precision).
+"MPA n-bit" rows spread PhaseAdaptation's phases over every epoch; "MPA n-bit ST" rows run
+them in the first half and then fine-tune with every weight snapped and a straight-through
+gradient (`finish="straight_through"`, as the "MPA ternary" row does).
 
 A run measures the rows not yet stored for its settings (`--rows` names rows to measure again,
 `--rerun` measures every row) and stores each record in the JSON as soon as it finishes (with
@@ -88,6 +91,11 @@ ROWS = {
     "MPA 4-bit": ("tfquant", lambda: _multivalued(4), _mpa(16)),
     "MPA 3-bit": ("tfquant", lambda: _multivalued(3), _mpa(8)),
     "MPA 2-bit": ("tfquant", lambda: _multivalued(2), _mpa(4)),
+    # The phases in the first half, then every weight snapped with a straight-through
+    # gradient (what the ternary row uses): the epochs the plain schedule spends on its last
+    # phases go to fine-tuning the fully quantized net, as naive snapping does throughout.
+    "MPA 3-bit ST": ("tfquant", lambda: _multivalued(3), _mpa(8, "straight_through")),
+    "MPA 2-bit ST": ("tfquant", lambda: _multivalued(2), _mpa(4, "straight_through")),
     "TTQ": ("tfquant", lambda: tfq.schemes.Ternary(method="ttq"), None),
     "MPA ternary": ("tfquant", lambda: _multivalued(levels=3), _mpa(3, "straight_through")),
     "LQ-Nets W2": (
@@ -239,7 +247,7 @@ def _print_table(records, settings):
         f"batch {BATCH}; accuracy on {settings['test']} test images"
     )
     header = (
-        f"{'row':<18}{'Keras':>8}{'TFLite':>8}{'drop pt':>9}{'coded B':>10}{'ratio':>7}"
+        f"{'row':<22}{'Keras':>8}{'TFLite':>8}{'drop pt':>9}{'coded B':>10}{'ratio':>7}"
         f"{'min':>6}  {'date':<11}published (context)"
     )
     print(header)
@@ -255,7 +263,7 @@ def _print_table(records, settings):
         ratio = f"{record['ratio']:.1f}x" if coded else "-"
         coded = f"{coded:,}" if coded else "-"
         print(
-            f"{name:<18}{record['keras_accuracy']:>8.2%}{tflite:>8}{drop:>9}{coded:>10}"
+            f"{name:<22}{record['keras_accuracy']:>8.2%}{tflite:>8}{drop:>9}{coded:>10}"
             f"{ratio:>7}{record['minutes']:>6.0f}  {record['date']:<11}{PUBLISHED.get(name, '')}"
         )
     skipped = [r for r in records.values() if r.get("settings") == settings and "skipped" in r]
@@ -275,6 +283,8 @@ TARGETS = [
     ("MPA 3-bit", None, -0.5),
     ("MPA 3-bit", "naive 3-bit", 0.5),
     ("MPA 2-bit", "naive 2-bit", 0.5),
+    ("MPA 3-bit ST", "naive 3-bit", 0.5),
+    ("MPA 2-bit ST", "naive 2-bit", 0.5),
     ("MPA ternary", None, -0.5),
     ("MPA ternary", "tfmot cluster 4", 0.0),
     ("LQ-Nets W2A2", None, -1.5),
