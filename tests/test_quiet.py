@@ -20,6 +20,7 @@ COMMANDS = {
     "tfquant.models.baselines": ("--name", "--data_dir", "--backup_dir"),
 }
 STARTUP_CHATTER = ("cpu_feature_guard", "port.cc", "cudart_stub", "cuInit", "absl::InitializeLog")
+XLA_CHATTER = ("XLA service", "StreamExecutor", "Compiled cluster using XLA")
 CONVERTER_CHATTER = (
     "Statistics for quantized inputs",
     "fully_quantize",
@@ -202,25 +203,43 @@ import tfquant as tfq
 from tfquant.models.datasets import load
 
 keras = tfq.keras
-(x, _), _ = load("digits", limit=(64, 8))
+(x, y), _ = load("digits", limit=(64, 8))
 model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
 qmodel = tfq.quantize_model(model, tfq.schemes.Multivalued(bits=3))
+qmodel.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+qmodel.fit(x, y, epochs=1, verbose=0)
 tfq.export.to_tflite(qmodel, representative_data=x[:16])
 warnings.warn("the user's own warning", UserWarning, stacklevel=1)
 print("exported")
 """
 
 
-def test_a_first_export_in_a_fresh_program_warns_nothing():
+def test_a_first_fit_and_export_in_a_fresh_program_warns_nothing():
     """In the suite an earlier conversion may have shown TensorFlow's once-per-location
-    warnings already; a fresh interpreter with Python's default filters sees what a user's
-    program sees: no converter warning, no deprecation of the interpreter its calibration
-    runs, and the user's own warning."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    warnings already; a fresh interpreter with Python's default filters and TensorFlow's
+    default log level sees what a user's program sees: no XLA notice from the first `fit`
+    (tfquant's search is XLA-compiled), no converter warning, no deprecation of the
+    interpreter its calibration runs, and the user's own warning."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS")
+    }
     done = subprocess.run(
         [sys.executable, "-c", _EXPORT_SCRIPT], capture_output=True, text=True, env=env, timeout=300
     )
     assert done.returncode == 0 and "exported" in done.stdout, done.stderr[-2000:]
     assert "the user's own warning" in done.stderr
-    for chatter in (*CONVERTER_CHATTER, "tf.lite.Interpreter is deprecated"):
+    for chatter in (*CONVERTER_CHATTER, *XLA_CHATTER, "tf.lite.Interpreter is deprecated"):
         assert chatter not in done.stderr, done.stderr
+
+
+def test_xla_notices_are_recognised_and_nothing_else():
+    assert _quiet.is_xla_chatter(
+        "I0000 00:00:1796445552.480289    1856 service.cc:153] XLA service 0x7f4f initialized"
+    )
+    assert _quiet.is_xla_chatter(
+        "I0000 00:00:1796445552.578598    1856 device_compiler.h:208] Compiled cluster using XLA!"
+    )
+    # an XLA error, or an informational line from elsewhere, is not chatter
+    assert not _quiet.is_xla_chatter("E0000 00:00:1.5    1856 service.cc:153] XLA failed")
+    assert not _quiet.is_xla_chatter("I0000 00:00:1.5    1856 my_op.cc:12] user's line")
+    assert not _quiet.is_xla_chatter("Compiled cluster using XLA!")

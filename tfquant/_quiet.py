@@ -52,6 +52,32 @@ def is_startup_chatter(line):
     return bool(match) and match.group(2) in _STARTUP_SOURCES
 
 
+# XLA's one-time notices: the service and its host "StreamExecutor", the first compiled
+# cluster. tfquant's nearest-center search is XLA-compiled (quantizers/base.py).
+_XLA_SOURCES = ("service.cc", "device_compiler.h")
+
+
+def is_xla_chatter(line):
+    """True for XLA's once-per-process informational lines (service start, first cluster)."""
+    match = _LOG_LINE.match(line.rstrip("\n"))
+    return bool(match) and match.group(1) == "I" and match.group(2) in _XLA_SOURCES
+
+
+_xla_warmed_up = False
+
+
+def warm_up_xla(compiled, *arguments):
+    """Runs the XLA-compiled function `compiled` once on `arguments` with XLA's one-time
+    informational lines kept off stderr (once per process): without it they appear in the
+    middle of the user's first `fit`, which compiles tfquant's search. Other lines pass."""
+    global _xla_warmed_up
+    if _xla_warmed_up:
+        return
+    with filtered_stderr(is_xla_chatter):
+        compiled(*arguments)
+    _xla_warmed_up = True
+
+
 def is_converter_chatter(line):
     """True for the TFLite converter's informational lines and the known warnings about
     options it ignores; its other warnings and every error are not chatter."""

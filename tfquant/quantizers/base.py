@@ -69,6 +69,12 @@ _nearest_unrolled_xla = tf.function(_nearest_unrolled, jit_compile=True)
 _quiet.hide_retracing_warnings("_nearest_unrolled")
 
 
+def warm_up():
+    """Compiles the search once on a tiny input with XLA's one-time log lines kept quiet
+    (`tfq.quantize_model` calls it; see `_quiet.warm_up_xla`)."""
+    _quiet.warm_up_xla(_nearest_unrolled_xla, tf.zeros([2]), tf.constant([0.0, 1.0]))
+
+
 def nearest_level(values, levels):
     """Maps every entry of `values` to the nearest entry of the sorted 1-D `levels`.
 
