@@ -16,7 +16,11 @@ converter path for its rows), drop vs float, the ANS container's bytes and ratio
 quantized row (`keep_first_last_8bit`, as TTQ, LQ-Nets and APoT keep them at full precision).
 "MPA n-bit" rows spread PhaseAdaptation's phases over every epoch; "MPA n-bit ST" rows run
 them in the first half and then fine-tune with every weight snapped and a straight-through
-gradient (`finish="straight_through"`, as the "MPA ternary" row does).
+gradient (`finish="straight_through"`, as the "MPA ternary" row does). The tfmot clustering
+rows cluster the same layers (first and last float) at a tenth of the learning rate, as
+tfmot's guide asks for a low one: at the shared rate its centroids collapse ("tfmot cluster
+4 lr.01", tfmot's `cluster_weights` on the whole model as documented: 1-3 distinct values
+left per layer, chance accuracy).
 
 A run measures the rows not yet stored for its settings (`--rows` names rows to measure again,
 `--rerun` measures every row) and stores each record in the JSON as soon as it finishes (with
@@ -37,9 +41,13 @@ import threading
 import time
 
 import numpy as np
+
+# tfquant first: it pins tf.keras to Keras 2 before tfmot (and QKeras, in peers) import it.
+import tfquant as tfq
+
+# isort: split
 import tensorflow_model_optimization as tfmot
 
-import tfquant as tfq
 from tfquant import export
 from tfquant._keras import keras
 from tfquant.export.tflite import run_tflite
@@ -83,8 +91,10 @@ def _mpa(levels, finish=None):
 ROWS = {
     "float": ("float", None, None),
     "tfmot 8-bit QAT": ("tfmot_qat", None, None),
-    "tfmot cluster 8": ("tfmot_cluster", 8, None),
-    "tfmot cluster 4": ("tfmot_cluster", 4, None),
+    # (clusters, every layer?, learning-rate factor)
+    "tfmot cluster 8": ("tfmot_cluster", (8, False, 0.1), None),
+    "tfmot cluster 4": ("tfmot_cluster", (4, False, 0.1), None),
+    "tfmot cluster 4 lr.01": ("tfmot_cluster", (4, True, 1.0), None),
     "QKeras ternary": ("qkeras", None, None),
     "naive 3-bit": ("tfquant", lambda: _multivalued(3, mode="snap"), None),
     "naive 2-bit": ("tfquant", lambda: _multivalued(2, mode="snap"), None),
@@ -116,8 +126,8 @@ def _progress(line):
     print(f"[{datetime.datetime.now():%H:%M:%S}] {line}", file=sys.stderr, flush=True)
 
 
-def _compile(model, args, steps):
-    schedule = keras.optimizers.schedules.CosineDecay(args.learning_rate, steps)
+def _compile(model, args, steps, lr_factor=1.0):
+    schedule = keras.optimizers.schedules.CosineDecay(lr_factor * args.learning_rate, steps)
     model.compile(
         keras.optimizers.SGD(schedule, momentum=0.9),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -126,9 +136,9 @@ def _compile(model, args, steps):
     return model
 
 
-def _fit(model, x, y, args, callbacks=()):
+def _fit(model, x, y, args, callbacks=(), lr_factor=1.0):
     steps = args.epochs * int(np.ceil(len(x) / BATCH))
-    _compile(model, args, steps)
+    _compile(model, args, steps, lr_factor)
     keras.utils.set_random_seed(args.seed)
     data = shifted_and_flipped(x, y, BATCH, seed=args.seed)
     model.fit(data, epochs=args.epochs, verbose=0, callbacks=list(callbacks))
@@ -191,14 +201,10 @@ def _run_row(name, float_model, data, args):
         model = _fit(tfmot_qat(float_model)[0], x, y, args)
         tfl = tfmot_tflite(model, calibration)
     elif kind == "tfmot_cluster":
-        cluster = tfmot.clustering.keras
-        clustered = cluster.cluster_weights(
-            float_model,
-            number_of_clusters=option,
-            cluster_centroids_init=cluster.CentroidInitialization.KMEANS_PLUS_PLUS,
-        )
-        _fit(clustered, x, y, args)
-        model = cluster.strip_clustering(clustered)
+        clusters, every_layer, lr_factor = option
+        clustered = peers.tfmot_cluster(float_model, clusters, every_layer)
+        _fit(clustered, x, y, args, lr_factor=lr_factor)
+        model = tfmot.clustering.keras.strip_clustering(clustered)
         record["distinct_per_layer"] = [
             int(np.unique(layer.get_weights()[0]).size)
             for layer in model.layers

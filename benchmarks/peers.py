@@ -2,10 +2,13 @@
 full-integer TFLite conversion (tfmot's documented recipe), and QKeras's ternary model."""
 
 import numpy as np
-import tensorflow_model_optimization as tfmot
 
+# tfquant first: it pins tf.keras to Keras 2 before tfmot and QKeras import it.
 from tfquant import _quiet
 from tfquant._keras import keras, tf
+
+# isort: split
+import tensorflow_model_optimization as tfmot
 
 
 def tfmot_qat(model):
@@ -46,6 +49,39 @@ def tfmot_tflite(qat, calibration):
     return _quiet.convert(converter)
 
 
+def tfmot_cluster(model, clusters, every_layer=False):
+    """tfmot's weight clustering (k-means++ centroids) of a float model: `cluster_weights` on
+    the whole model when `every_layer`, else on every Conv2D / Dense kernel but the first and
+    the last (left float, as tfquant's rows keep them 8-bit); the float weights copied."""
+    cluster = tfmot.clustering.keras
+    options = dict(
+        number_of_clusters=clusters,
+        cluster_centroids_init=cluster.CentroidInitialization.KMEANS_PLUS_PLUS,
+    )
+    if every_layer:
+        return cluster.cluster_weights(model, **options)
+    kernels = [
+        layer.name
+        for layer in model.layers
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
+    ]
+    middle = set(kernels[1:-1])
+
+    def clone(layer):
+        copied = layer.__class__.from_config(layer.get_config())
+        if layer.name not in middle:
+            return copied
+        copied.build(layer.input_shape)
+        copied.set_weights(layer.get_weights())  # the centroids start from the float kernel
+        return cluster.cluster_weights(copied, **options)
+
+    clustered = keras.models.clone_model(model, clone_function=clone)
+    for layer in model.layers:  # the unclustered layers' weights (BatchNorm statistics too)
+        if layer.name not in middle:
+            clustered.get_layer(layer.name).set_weights(layer.get_weights())
+    return clustered
+
+
 QKERAS_INSTALL = "pip install --no-deps qkeras==0.9.0 pyparsing networkx"
 
 
@@ -65,6 +101,11 @@ def qkeras_ternary(float_model):
     float as in our weight-only rows; the same topology with the float weights copied."""
     import qkeras
 
+    if not issubclass(qkeras.QConv2D, keras.layers.Conv2D):
+        raise RuntimeError(
+            "QKeras was imported with Keras 3 (tensorflow_model_optimization or tensorflow "
+            "was imported before tfquant); import tfquant first so tf.keras is Keras 2"
+        )
     swaps = {keras.layers.Conv2D: qkeras.QConv2D, keras.layers.Dense: qkeras.QDense}
 
     def clone(layer):
