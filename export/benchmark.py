@@ -7,6 +7,8 @@ import time
 
 import numpy as np
 
+from tfquant import _quiet
+
 TARGETS = ("host", "android", "edgetpu")
 
 # Keyword arguments that only one target uses, with their defaults.
@@ -134,10 +136,12 @@ def benchmark(tfl, target="host", runs=200, warmup=20, threads=1, **target_argum
 
     from tfquant.export.tflite import load_interpreter
 
-    # The default op resolver (with XNNPACK), as a deployed model runs.
-    interpreter = load_interpreter(
-        tfl, num_threads=threads, experimental_op_resolver_type=OpResolverType.AUTO
-    )
+    # The default op resolver (with XNNPACK), as a deployed model runs; its one-time notice
+    # that XNNPACK is applied stays off stderr.
+    with _quiet.filtered_stderr(_quiet.is_litert_chatter):
+        interpreter = load_interpreter(
+            tfl, num_threads=threads, experimental_op_resolver_type=OpResolverType.AUTO
+        )
     return {
         "target": target,
         "tool": "interpreter",

@@ -78,6 +78,16 @@ def warm_up_xla(compiled, *arguments):
     _xla_warmed_up = True
 
 
+#: LiteRT's notice when its default XNNPACK delegate is applied (once per process).
+_XNNPACK_NOTICE = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+
+
+def is_litert_chatter(line):
+    """True for LiteRT's informational notice that it applied XNNPACK (as the user asked by
+    timing a deployed model's default resolver): nothing to act on."""
+    return line.strip() == _XNNPACK_NOTICE
+
+
 def is_converter_chatter(line):
     """True for the TFLite converter's informational lines and the known warnings about
     options it ignores; its other warnings and every error are not chatter."""
