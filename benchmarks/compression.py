@@ -91,6 +91,22 @@ EXTRA_RECIPES = {
         },
     },
 }
+#: Structured recipes (issue 22): the same zero intervals and levels, but the float start
+#: carries a group-lasso penalty over every layer's output channels / units (Yuan & Lin 2006,
+#: Wen et al. 2016: `tfq.regularizers.with_group_lasso`, strength below), so that magnitude
+#: pruning empties whole units; `tfq.shrink` then removes them and the inputs that read them.
+#: The container stores the shrunk model; its ratio is to the full net's float kernels.
+STRUCTURED_RECIPES = {
+    "lenet300_100": {"structured": (RECIPES["lenet300_100"], 4e-5)},
+    "lenet5": {
+        "structured": (EXTRA_RECIPES["lenet5"]["recipe 200x"], 4e-5),
+        "structured strong": (EXTRA_RECIPES["lenet5"]["recipe 200x"], 1e-4),
+    },
+}
+#: Issue 22's targets for the structured rows (ANS ratio at <= 0.15 pt drop, mean of 3 seeds).
+STRUCTURED_TARGETS = {"lenet300_100": 100.0, "lenet5": 420.0}
+#: Bayesian Compression (Louizos et al. 2017), group pruning + per-layer precision.
+STRUCTURED_PUBLISHED = {"lenet300_100": 113.0, "lenet5": 419.0}
 _BUILDERS = {
     "lenet300_100": tfq.models.lenet300_100,
     "lenet5": tfq.models.lenet5,
@@ -248,9 +264,45 @@ def kernel_float_bytes(name, model):
     return 4 * sum(int(np.prod(model.get_layer(layer).kernel.shape)) for layer in RECIPES[name])
 
 
-def evaluate_row(name, label, qmodel, train, test, float_accuracy, args):
+def _shrunk_fields(qmodel, train, test, args):
+    """`(shrunk model, fields)`: `tfq.shrink(qmodel)`, whether it predicts bit-identically on
+    the test images, the channels kept per layer, and both int8 `.tflite` files' bytes and
+    host latency (1 thread, median of interleaved rounds, the same run)."""
+    from tfquant import export
+
+    shrunk, report = tfq.shrink(qmodel)
+    x_test = test[0]
+    identical = bool(
+        np.array_equal(
+            qmodel.predict(x_test, batch_size=512, verbose=0),
+            shrunk.predict(x_test, batch_size=512, verbose=0),
+        )
+    )
+    calibration = train[0][:256]
+    files = {
+        "full": export.to_tflite(qmodel, calibration),
+        "shrunk": export.to_tflite(shrunk, calibration),
+    }
+    timings = {key: [] for key in files}
+    for _ in range(args.latency_rounds):
+        for key, tfl in files.items():
+            timings[key].append(export.benchmark(tfl, runs=200, warmup=30, threads=1)["median_us"])
+    full_us, shrunk_us = (float(np.median(timings[key])) for key in ("full", "shrunk"))
+    return shrunk, {
+        "shrunk_identical": identical,
+        "channels": report.get_config()["channels"],
+        "tflite_bytes_full": len(files["full"]),
+        "tflite_bytes_shrunk": len(files["shrunk"]),
+        "latency_us_full": full_us,
+        "latency_us_shrunk": shrunk_us,
+        "latency_ratio": shrunk_us / full_us,
+    }
+
+
+def evaluate_row(name, label, qmodel, train, test, float_accuracy, args, shrink=False):
     """Fine-tunes `qmodel` (snap: STE with pruned weights held at 0; mpa: PhaseAdaptation,
-    zero interval first, over the same epochs), then measures accuracy and both containers."""
+    zero interval first, over the same epochs), then measures accuracy and both containers
+    (with `shrink`, of `tfq.shrink(qmodel)`, against the full net's float kernel bytes)."""
     start = time.perf_counter()
     learning_rate = _learning_rate(args, args.epochs, len(train[1]))
     compile_classifier(qmodel, learning_rate)
@@ -272,6 +324,10 @@ def evaluate_row(name, label, qmodel, train, test, float_accuracy, args):
     if args.float16:
         tfq.coding.round_to_float16(qmodel)  # before measuring: the accuracy is of what is stored
     accuracy = _accuracy(qmodel, *test)
+    float_bytes = tfq.coding.compress(qmodel, coder="ans").float_bytes
+    structured = {}
+    if shrink:
+        qmodel, structured = _shrunk_fields(qmodel, train, test, args)
     by_ans = tfq.coding.compress(qmodel, coder="ans")
     by_huffman = tfq.coding.compress(qmodel, coder="huffman")
     layers = by_ans.layers
@@ -285,19 +341,20 @@ def evaluate_row(name, label, qmodel, train, test, float_accuracy, args):
         "float_accuracy": float_accuracy,
         "quantized_accuracy": accuracy,
         "drop_pt": 100 * (float_accuracy - accuracy),
-        "float_bytes": by_ans.float_bytes,
+        "float_bytes": float_bytes,
         "ans_bytes": by_ans.nbytes,
         "huffman_bytes": by_huffman.nbytes,
         "entropy_bytes": by_ans.entropy_bytes,
-        "ratio_ans": by_ans.ratio,
-        "ratio_huffman": by_huffman.ratio,
-        "ratio_entropy": by_ans.float_bytes / by_ans.entropy_bytes,
-        "ratio_kernels_ans": by_ans.float_bytes / kernel_bytes,
+        "ratio_ans": float_bytes / by_ans.nbytes,
+        "ratio_huffman": float_bytes / by_huffman.nbytes,
+        "ratio_entropy": float_bytes / by_ans.entropy_bytes,
+        "ratio_kernels_ans": float_bytes / kernel_bytes,
         "gzip_bytes": zipped,
         "value_entropy_bytes": value_entropy,
-        "ratio_gzip": by_ans.float_bytes / zipped,
-        "ratio_value_entropy": by_ans.float_bytes / value_entropy,
-        "sparsity": zeros / weights,
+        "ratio_gzip": float_bytes / zipped,
+        "ratio_value_entropy": float_bytes / value_entropy,
+        # of the full net's weights (a removed channel's count as zeros)
+        "sparsity": 1.0 - (weights - zeros) / (float_bytes / 4),
         "layers": {
             layer.name: {
                 "levels": layer.levels,
@@ -311,6 +368,7 @@ def evaluate_row(name, label, qmodel, train, test, float_accuracy, args):
         "published": PUBLISHED[name],
         "target_ratio": TARGETS[name],
         "seconds": time.perf_counter() - start,
+        **structured,
     }
 
 
@@ -379,6 +437,14 @@ def run_model(name, args):
             seeded()
             qmodel = tfq.quantize_model(model, _scheme(settings, args))
             add(evaluate_row(name, label, qmodel, train, test, float_accuracy, args))
+        for label, (settings, strength) in STRUCTURED_RECIPES.get(name, {}).items():
+            if args.recipes is not None and not {label, f"{name}:{label}"} & set(args.recipes):
+                continue
+            seeded()
+            start = tfq.regularizers.with_group_lasso(model, strength)
+            qmodel = tfq.quantize_model(start, _scheme(settings, args))
+            row = evaluate_row(name, label, qmodel, train, test, float_accuracy, args, shrink=True)
+            add({**row, "group_lasso": strength})
         if args.tfmot:
             seeded()
             add(
@@ -419,10 +485,30 @@ def print_table(rows):
             f"{ratio(r, 'ratio_gzip', 8)}{ratio(r, 'ratio_value_entropy', 8)}  {published}"
             + (f"  seed {r['seed']}" if "seed" in r else "")
         )
+    structured = [r for r in rows if "channels" in r]
+    if structured:
+        print()
+        print(
+            "structured rows (tfq.shrink): channels / units kept per layer, shrunk int8 .tflite "
+            "vs the full one (bytes, host latency 1 thread), predictions identical"
+        )
+        for r in structured:
+            kept = ", ".join(
+                f"{layer.removeprefix('quant_')} {before}->{after}"
+                for layer, (before, after) in r["channels"].items()
+            )
+            print(
+                f"{r['model']:<16}{r['recipe']:<12}{kept}; .tflite {r['tflite_bytes_full']:,} -> "
+                f"{r['tflite_bytes_shrunk']:,} B; {r['latency_us_full']:.1f} -> "
+                f"{r['latency_us_shrunk']:.1f} us ({r['latency_ratio']:.2f}x); identical "
+                f"{'yes' if r['shrunk_identical'] else 'NO'}"
+                + (f"  seed {r['seed']}" if "seed" in r else "")
+            )
     groups = {}
     for r in rows:
         groups.setdefault((r["model"], r["recipe"]), []).append(r)
     if max(len(g) for g in groups.values()) < 2:
+        _print_structured_targets(groups)
         return
     print()
     header = (
@@ -438,6 +524,30 @@ def print_table(rows):
             f"{model:<16}{recipe:<22}{len(group):>6}{drops.mean():>9.2f}{spread:>7.2f}"
             f"{drops.max():>7.2f}{np.mean(ratios):>7.1f}x"
         )
+    _print_structured_targets(groups)
+
+
+def _print_structured_targets(groups):
+    """Issue 22's targets on the structured rows: mean ANS ratio and drop over the seeds."""
+    lines = []
+    for (model, recipe), group in groups.items():
+        if "channels" not in group[0] or model not in STRUCTURED_TARGETS:
+            continue
+        drops = [r["drop_pt"] for r in group]
+        ratio = np.mean([r["ratio_ans"] for r in group])
+        target = STRUCTURED_TARGETS[model]
+        met = ratio >= target and np.mean(drops) <= 0.15 and max(drops) <= 0.25
+        lines.append(
+            f"  {model} {recipe}: {ratio:.1f}x at {np.mean(drops):.2f} pt (worst "
+            f"{max(drops):.2f}) over {len(group)} seed(s); target >= {target:g}x at <= 0.15 pt, "
+            f"none worse than 0.25: {'met' if met else 'MISSED'} (Bayesian Compression "
+            f"{STRUCTURED_PUBLISHED[model]:g}x); shrunk .tflite latency "
+            f"{np.mean([r['latency_ratio'] for r in group]):.2f}x the full int8 model's"
+            + (" (target <= 0.35x)" if model == "lenet5" else "")
+        )
+    if lines:
+        print("structured targets (issue 22):")
+        print("\n".join(lines))
 
 
 def pareto_png(rows, path):
@@ -530,6 +640,9 @@ def build_parser():
         "--sparsities", nargs="+", type=float, default=[0.0, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99]
     )
     parser.add_argument("--hessian-samples", type=int, default=1024)
+    parser.add_argument(
+        "--latency-rounds", type=int, default=5, help="interleaved timing rounds (structured)"
+    )
     parser.add_argument(
         "--seeds", nargs="+", type=int, default=[0], help="run every row once per seed"
     )
