@@ -178,6 +178,7 @@ BENCHMARKS = {
             "--recipes",
             "structured",
             "structured strong",
+            "channels",
             *_SEEDED_LENETS,
         ],
         [
