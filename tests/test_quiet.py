@@ -250,3 +250,5 @@ def test_xla_notices_are_recognised_and_nothing_else():
     assert not _quiet.is_xla_chatter("E0000 00:00:1.5    1856 service.cc:153] XLA failed")
     assert not _quiet.is_xla_chatter("I0000 00:00:1.5    1856 my_op.cc:12] user's line")
     assert not _quiet.is_xla_chatter("Compiled cluster using XLA!")
+    assert _quiet.is_litert_chatter("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+    assert not _quiet.is_litert_chatter("ERROR: failed to create XNNPACK delegate")
