@@ -17,10 +17,11 @@ quantized row (`keep_first_last_8bit`, as TTQ, LQ-Nets and APoT keep them at ful
 "MPA n-bit" rows spread PhaseAdaptation's phases over every epoch; "MPA n-bit ST" rows run
 them in the first half and then fine-tune with every weight snapped and a straight-through
 gradient (`finish="straight_through"`, as the "MPA ternary" row does). The tfmot clustering
-rows cluster the same layers (first and last float) at a tenth of the learning rate, as
-tfmot's guide asks for a low one: at the shared rate its centroids collapse ("tfmot cluster
-4 lr.01", tfmot's `cluster_weights` on the whole model as documented: 1-3 distinct values
-left per layer, chance accuracy).
+rows cluster the same layers (first and last float) at a hundredth of the learning rate, as
+tfmot's guide asks for a low one: its centroids take the summed gradient of every weight in
+their cluster, and at the shared rate they collapse ("tfmot cluster 4 lr.01": tfmot's
+`cluster_weights` on the whole model as documented, 1-3 distinct values left per layer and
+chance accuracy), still at a tenth of it ("tfmot cluster 4 lr.001").
 
 A run measures the rows not yet stored for its settings (`--rows` names rows to measure again,
 `--rerun` measures every row) and stores each record in the JSON as soon as it finishes (with
@@ -92,8 +93,9 @@ ROWS = {
     "float": ("float", None, None),
     "tfmot 8-bit QAT": ("tfmot_qat", None, None),
     # (clusters, every layer?, learning-rate factor)
-    "tfmot cluster 8": ("tfmot_cluster", (8, False, 0.1), None),
-    "tfmot cluster 4": ("tfmot_cluster", (4, False, 0.1), None),
+    "tfmot cluster 8": ("tfmot_cluster", (8, False, 0.01), None),
+    "tfmot cluster 4": ("tfmot_cluster", (4, False, 0.01), None),
+    "tfmot cluster 4 lr.001": ("tfmot_cluster", (4, False, 0.1), None),
     "tfmot cluster 4 lr.01": ("tfmot_cluster", (4, True, 1.0), None),
     "QKeras ternary": ("qkeras", None, None),
     "naive 3-bit": ("tfquant", lambda: _multivalued(3, mode="snap"), None),
