@@ -347,11 +347,13 @@ def evaluate_row(
     if args.float16:
         tfq.coding.round_to_float16(qmodel)  # before measuring: the accuracy is of what is stored
     accuracy = _accuracy(qmodel, *test)
-    float_bytes = tfq.coding.compress(qmodel, coder="ans").float_bytes
     structured = {}
-    if shrink:
+    if shrink:  # the ratios stay against the full net's float kernels
+        float_bytes = tfq.coding.compress(qmodel, coder="ans").float_bytes
         qmodel, structured = _shrunk_fields(qmodel, train, test, args)
     by_ans = tfq.coding.compress(qmodel, coder="ans")
+    if not shrink:
+        float_bytes = by_ans.float_bytes
     by_huffman = tfq.coding.compress(qmodel, coder="huffman")
     layers = by_ans.layers
     weights = sum(int(np.prod(layer.shape)) for layer in layers)
@@ -541,23 +543,22 @@ def print_table(rows):
     groups = {}
     for r in rows:
         groups.setdefault((r["model"], r["recipe"]), []).append(r)
-    if max(len(g) for g in groups.values()) < 2:
-        _print_structured_targets(groups)
-        return
-    print()
-    header = (
-        f"{'model':<16}{'recipe':<22}{'seeds':>6}{'drop pt':>9}{'std':>7}{'worst':>7}{'ratio':>8}"
-    )
-    print(f"{header}  (mean over seeds; ratio: ANS, or gzip for peers)")
-    print("-" * len(header))
-    for (model, recipe), group in groups.items():
-        drops = np.array([r["drop_pt"] for r in group])
-        ratios = [r.get("ratio_ans", r["ratio_gzip"]) for r in group]
-        spread = drops.std(ddof=1) if len(drops) > 1 else 0.0
-        print(
-            f"{model:<16}{recipe:<22}{len(group):>6}{drops.mean():>9.2f}{spread:>7.2f}"
-            f"{drops.max():>7.2f}{np.mean(ratios):>7.1f}x"
+    if max(len(g) for g in groups.values()) >= 2:
+        print()
+        header = (
+            f"{'model':<16}{'recipe':<22}{'seeds':>6}{'drop pt':>9}{'std':>7}{'worst':>7}"
+            f"{'ratio':>8}"
         )
+        print(f"{header}  (mean over seeds; ratio: ANS, or gzip for peers)")
+        print("-" * len(header))
+        for (model, recipe), group in groups.items():
+            drops = np.array([r["drop_pt"] for r in group])
+            ratios = [r.get("ratio_ans", r["ratio_gzip"]) for r in group]
+            spread = drops.std(ddof=1) if len(drops) > 1 else 0.0
+            print(
+                f"{model:<16}{recipe:<22}{len(group):>6}{drops.mean():>9.2f}{spread:>7.2f}"
+                f"{drops.max():>7.2f}{np.mean(ratios):>7.1f}x"
+            )
     _print_structured_targets(groups)
 
 
