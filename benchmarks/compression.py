@@ -318,11 +318,21 @@ def _shrunk_fields(qmodel, train, test, args):
 
 
 def evaluate_row(
-    name, label, qmodel, train, test, float_accuracy, args, shrink=False, structure="weight"
+    name,
+    label,
+    qmodel,
+    train,
+    test,
+    float_accuracy,
+    args,
+    shrink=False,
+    structure="weight",
+    float_bytes=None,
 ):
     """Fine-tunes `qmodel` (snap: STE with pruned weights held at 0; mpa: PhaseAdaptation,
     zero interval first, over the same epochs), then measures accuracy and both containers
-    (with `shrink`, of `tfq.shrink(qmodel)`, against the full net's float kernel bytes)."""
+    (with `shrink`, of `tfq.shrink(qmodel)`, against the full net's float kernel bytes;
+    `float_bytes` gives those bytes for a `qmodel` that is already smaller than the net)."""
     start = time.perf_counter()
     learning_rate = _learning_rate(args, args.epochs, len(train[1]))
     compile_classifier(qmodel, learning_rate)
@@ -349,11 +359,10 @@ def evaluate_row(
     accuracy = _accuracy(qmodel, *test)
     structured = {}
     if shrink:  # the ratios stay against the full net's float kernels
-        float_bytes = tfq.coding.compress(qmodel, coder="ans").float_bytes
+        float_bytes = float_bytes or tfq.coding.compress(qmodel, coder="ans").float_bytes
         qmodel, structured = _shrunk_fields(qmodel, train, test, args)
     by_ans = tfq.coding.compress(qmodel, coder="ans")
-    if not shrink:
-        float_bytes = by_ans.float_bytes
+    float_bytes = float_bytes or by_ans.float_bytes
     by_huffman = tfq.coding.compress(qmodel, coder="huffman")
     layers = by_ans.layers
     weights = sum(int(np.prod(layer.shape)) for layer in layers)
@@ -414,23 +423,30 @@ def float16_biases(model, args):
 
 
 def allocate_plans(name, model, train, args):
-    """ratio -> `tfq.allocate_bits` plan for a budget of the float kernel bytes / ratio, for
-    each of --ratios that has one; allocate_bits is deterministic, so one plan serves every
-    seed."""
+    """Row label -> `tfq.allocate_bits` plan for a budget of the float kernel bytes / ratio,
+    for each of --ratios that has one ("allocate_bits 200x"), and with --channel-sparsities
+    also one that may remove channels ("allocate_bits 200x channels"); allocate_bits is
+    deterministic, so one plan serves every seed."""
     hessian_data = (train[0][: args.hessian_samples], train[1][: args.hessian_samples])
     float_bytes = kernel_float_bytes(name, model)
+    variants = [("", (0.0,))]
+    if args.channel_sparsities:
+        variants.append((" channels", tuple(args.channel_sparsities)))
     plans = {}
     for ratio in args.ratios:
-        try:
-            plans[ratio] = tfq.allocate_bits(
-                model,
-                int(float_bytes / ratio),
-                hessian_data,
-                sparsities=args.sparsities,
-                levels=args.levels,
-            )
-        except ValueError as error:
-            print(f"{name}: no plan for {ratio}x ({error})")
+        for suffix, fractions in variants:
+            label = f"allocate_bits {ratio:g}x{suffix}"
+            try:
+                plans[label] = tfq.allocate_bits(
+                    model,
+                    int(float_bytes / ratio),
+                    hessian_data,
+                    sparsities=args.sparsities,
+                    levels=args.levels,
+                    channel_sparsities=fractions,
+                )
+            except ValueError as error:
+                print(f"{name}: no plan for {label} ({error})")
     return plans
 
 
@@ -482,13 +498,19 @@ def run_model(name, args):
                     name, model, RECIPES[name], train, test, float_accuracy, float_bytes, args
                 )
             )
-        for ratio, plan in plans.items():
-            seeded()
-            qmodel = tfq.quantize_model(model, _scheme(plan.layers, args))
+        for label, plan in plans.items():
+            if args.recipes is not None and not {label, f"{name}:{label}"} & set(args.recipes):
+                continue
+            seeded()  # a plan that removes channels starts from the shrunk float model
+            qmodel = tfq.quantize_model(plan.shrink(model), _scheme(plan.layers, args))
             row = evaluate_row(
-                name, f"allocate_bits {ratio:g}x", qmodel, train, test, float_accuracy, args
+                name, label, qmodel, train, test, float_accuracy, args, float_bytes=float_bytes
             )
-            add({**row, "plan": plan.get_config()})
+            kept = {
+                layer: model.get_layer(layer).kernel.shape[-1] - len(removed)
+                for layer, removed in plan.removed.items()
+            }
+            add({**row, "plan": plan.get_config(), "channels_kept": kept})
     return rows
 
 
@@ -682,6 +704,12 @@ def build_parser():
     parser.add_argument("--levels", nargs="+", type=int, default=list(range(2, 17)))
     parser.add_argument(
         "--sparsities", nargs="+", type=float, default=[0.0, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99]
+    )
+    parser.add_argument(
+        "--channel-sparsities",
+        nargs="*",
+        type=float,
+        help="also allocate_bits rows that may remove these fractions of channels",
     )
     parser.add_argument("--hessian-samples", type=int, default=1024)
     parser.add_argument(

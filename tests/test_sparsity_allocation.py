@@ -323,3 +323,118 @@ def test_config_round_trips(plan_and_budget):
     assert tfq.keras.utils.deserialize_keras_object(serialized) == quantizer
     schedule = tfq.callbacks.PhaseAdaptation(zero_first=False)
     assert tfq.callbacks.PhaseAdaptation.from_config(schedule.get_config()).zero_first is False
+
+
+def test_allocate_bits_trades_channels_for_bits(float_model, digits, plan_and_budget):
+    (x, y), (x_test, _) = digits
+    settings = dict(levels=(2, 3, 4, 6, 8, 16), sparsities=(0.0, 0.5, 0.8, 0.9))
+    fractions = (0.0, 0.25, 0.5, 0.75)
+    plain, budget = plan_and_budget
+    traded = tfq.allocate_bits(
+        float_model, budget, (x, y), channel_sparsities=fractions, **settings
+    )
+    # A superset of options: the same budget buys no more distortion than bits alone.
+    assert traded.measured_bytes <= budget and traded.distortion <= plain.distortion
+    with pytest.raises(ValueError, match="channel_sparsities to go lower"):
+        tfq.allocate_bits(float_model, 3000, (x, y), **settings)
+    plan = tfq.allocate_bits(float_model, 3000, (x, y), channel_sparsities=fractions, **settings)
+    assert plan.removed and set(plan.removed) <= {"conv1", "conv2", "fc1"}  # not the logits
+    qmodel = plan.quantize(float_model)
+    assert tfq.coding.compress(qmodel).nbytes == plan.measured_bytes <= 3000
+    for name, channels in plan.removed.items():
+        before = float_model.get_layer(name)
+        after = qmodel.get_layer(f"quant_{name}").layer
+        assert after.kernel.shape[-1] == before.kernel.shape[-1] - len(channels)
+    # The shrunk float model computes what the model with those channels zeroed computes.
+    shrunk = plan.shrink(float_model)
+    zeroed = keras.models.clone_model(float_model)
+    zeroed.set_weights(float_model.get_weights())
+    for name, channels in plan.removed.items():
+        layer = zeroed.get_layer(name)
+        for variable in (layer.kernel, layer.bias):
+            value = variable.numpy()
+            value[..., channels] = 0
+            variable.assign(value)
+    np.testing.assert_allclose(shrunk(x_test), zeroed(x_test), rtol=0, atol=1e-5)
+    assert plan.shrink(float_model) is not float_model and plain.shrink(float_model) is float_model
+    assert "channels removed" in repr(plan)
+    assert BitPlan.from_config(plan.get_config()).removed == plan.removed
+
+
+def _residual_net():
+    keras.utils.set_random_seed(3)
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 3))
+    stem = layers.ReLU(name="stem_relu")(
+        layers.BatchNormalization(name="stem_bn")(
+            layers.Conv2D(8, 3, padding="same", name="stem")(inputs)
+        )
+    )
+    inner = layers.Conv2D(8, 3, padding="same", use_bias=False, name="inner")(stem)
+    inner = layers.ReLU(name="inner_relu")(layers.BatchNormalization(name="inner_bn")(inner))
+    branch = layers.BatchNormalization(name="out_bn")(
+        layers.Conv2D(8, 3, padding="same", use_bias=False, name="branch")(inner)
+    )
+    merged = layers.ReLU(name="merged")(layers.Add(name="add")([stem, branch]))
+    pooled = layers.GlobalAveragePooling2D(name="pool")(merged)
+    model = keras.Model(inputs, layers.Dense(10, name="logits")(pooled))
+    for layer in model.layers:  # BatchNorm statistics that are not the identity
+        if isinstance(layer, layers.BatchNormalization):
+            for variable in layer.weights:
+                variable.assign(np.random.default_rng(0).uniform(0.5, 1.5, variable.shape))
+    return compile_model(model)
+
+
+def test_channels_come_out_where_shrink_can_remove_them():
+    from tfquant.allocation import _removable
+
+    model = _residual_net()
+    # The residual sum reads every channel of the stem and the branch; the logits are the output.
+    assert _removable(model, ["stem", "inner", "branch", "logits"]) == ["inner"]
+    x = np.random.default_rng(1).normal(size=(64, 8, 8, 3)).astype("float32")
+    y = np.arange(64) % 10
+    before = [w.copy() for w in model.get_weights()]
+    plan = tfq.allocate_bits(
+        model,
+        1500,
+        (x, y),
+        levels=(2, 4),
+        sparsities=(0.0,),
+        channel_sparsities=(0.0, 0.5),
+        division="hessian_kmeans",
+    )
+    assert set(plan.removed) <= {"inner"}
+    plan = BitPlan(plan.layers, 1500, "hessian_kmeans", removed={"inner": [1, 5]})
+    plan.importance = tfq.coding.hessian_diagonal(
+        model, x, y, keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    shrunk = plan.shrink(model)
+    assert shrunk.get_layer("inner").filters == 6 and tuple(
+        shrunk.get_layer("inner_bn").gamma.shape
+    ) == (6,)
+    assert shrunk.get_layer("branch").kernel.shape == (3, 3, 6, 8)
+    zeroed = keras.models.clone_model(model)
+    zeroed.set_weights(model.get_weights())
+    kernel, bn = zeroed.get_layer("inner").kernel, zeroed.get_layer("inner_bn")
+    kernel.assign(kernel.numpy() * np.isin(np.arange(8), [1, 5], invert=True))
+    for variable in (bn.beta, bn.moving_mean):
+        variable.assign(variable.numpy() * np.isin(np.arange(8), [1, 5], invert=True))
+    np.testing.assert_allclose(shrunk(x), zeroed(x), rtol=0, atol=1e-5)
+    qmodel = plan.quantize(model)  # the Hessian importance is cut to the shrunk kernels
+    assert qmodel.get_layer("quant_branch").layer.kernel.shape == (3, 3, 6, 8)
+    for a, b in zip(before, model.get_weights(), strict=True):  # the user's model untouched
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match=r"removed\['stem'\] must name channels .* \[0\]"):
+        BitPlan({}, 1500, removed={"stem": [0]}).shrink(model)
+    with pytest.raises(ValueError, match="a BatchNormalization; channels can be removed from"):
+        BitPlan({}, 1500, removed={"inner_bn": [0]}).shrink(model)
+    with pytest.raises(ValueError, match="layer 'nope', which the model does not have"):
+        BitPlan({}, 1500, removed={"nope": [0]}).shrink(model)
+    with pytest.raises(ValueError, match=r"indices below 8 .* Received: \[9\]"):
+        BitPlan({}, 1500, removed={"inner": [9]}).shrink(model)
+    with pytest.raises(ValueError, match=r"Received: removed\['inner'\]=\[\]"):
+        BitPlan({}, 1500, removed={"inner": []})
+    with pytest.raises(TypeError, match="removed must be a dict"):
+        BitPlan({}, 1500, removed=[1])
+    with pytest.raises(ValueError, match=r"channel_sparsities must be in \[0, 1\)"):
+        tfq.allocate_bits(model, 1500, (x, y), channel_sparsities=(0.0, 1.0))

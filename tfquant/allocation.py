@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from tfquant._keras import check_keras2_model, keras, quantized_weights
+from tfquant._keras import check_keras2_model, inbound_layer_names, keras, quantized_weights
 from tfquant.coding import huffman
 from tfquant.coding.container import (
     HEADER,
@@ -32,6 +32,13 @@ from tfquant.quantizers.multivalued import (
     sparse_centers,
 )
 from tfquant.schemes import Multivalued
+from tfquant.shrink import (
+    _is_per_channel,
+    _is_producer,
+    _keep_masks,
+    _shrink,
+    _slice_weight,
+)
 
 #: Levels and sparsities tried per layer by default.
 DEFAULT_LEVELS = tuple(range(2, 17))
@@ -39,7 +46,8 @@ DEFAULT_SPARSITIES = (0.0, 0.5, 0.75, 0.9, 0.95)
 #: Bytes an ANS stream may exceed its entropy estimate by (final coder state, word padding).
 ANS_SLACK_BYTES = 12
 _BINS = 4096  # budget resolution of the dynamic program
-_MAX_ROUNDS = 6  # plan -> compress -> tighten rounds
+_MAX_ROUNDS = 6  # plan -> compress -> tighten (or, with channels removed, raise) rounds
+_RAISE_MARGIN = 0.01  # a plan this far under its budget is not searched again
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,10 +55,12 @@ class LayerOption:
     """One candidate codebook for one layer, with its estimated cost.
 
     Attributes:
-      levels: codebook size. sparsity: fraction in the zero interval.
+      levels: codebook size. sparsity: fraction in the zero interval (of the kept channels).
       nbytes: estimated bytes in the container (kernel record and quantizer state).
-      distortion: Σ h_i (w_i - q_i)², h the Hessian diagonal estimate.
+      distortion: Σ h_i (w_i - q_i)², h the Hessian diagonal estimate (q_i = 0 for the
+        weights of removed channels).
       entropy_bits: entropy of the indices, bits per weight.
+      channel_sparsity: fraction of the output channels (units) removed.
     """
 
     levels: int
@@ -58,16 +68,21 @@ class LayerOption:
     nbytes: int
     distortion: float
     entropy_bits: float
+    channel_sparsity: float = 0.0
 
 
 class BitPlan:
-    """Per-layer codebook sizes and sparsities chosen by `tfq.allocate_bits`.
+    """Per-layer codebook sizes, sparsities and removed channels chosen by `tfq.allocate_bits`.
 
-    Use it as a scheme: `plan.scheme()` is a `tfq.schemes.Multivalued` whose `layers` follow
-    the plan (pass `mode="masked"` etc. through), `plan.quantize(model)` quantizes with it.
+    Use it as a scheme: `plan.quantize(model)` quantizes `plan.shrink(model)` (the float
+    model without the plan's removed output channels; `model` itself when it removes none)
+    with `plan.scheme()`, a `tfq.schemes.Multivalued` whose `layers` follow the plan (pass
+    `mode="masked"` etc. through).
 
     Attributes:
       layers: dict layer name -> {"levels": L, "sparsity": s}.
+      removed: dict layer name -> sorted output channel (unit) indices the plan removes;
+        empty unless `allocate_bits` was given `channel_sparsities`.
       division: the division method the sizes were estimated with.
       coder: "ans" or "huffman".
       budget_bytes: the budget asked for.
@@ -78,9 +93,12 @@ class BitPlan:
       options: (not in the config) every layer's candidate `LayerOption`s.
 
     Example:
-      >>> plan = BitPlan({"fc1": {"levels": 4, "sparsity": 0.9}}, budget_bytes=2000)
+      >>> plan = BitPlan({"fc1": {"levels": 4, "sparsity": 0.9}}, budget_bytes=2000,
+      ...                removed={"fc1": [3, 0]})
       >>> plan.scheme().get_config()["layers"]
       {'fc1': {'levels': 4, 'sparsity': 0.9}}
+      >>> plan.removed
+      {'fc1': [0, 3]}
       >>> BitPlan.from_config(plan.get_config()).get_config() == plan.get_config()
       True
     """
@@ -94,6 +112,7 @@ class BitPlan:
         estimated_bytes=None,
         measured_bytes=None,
         distortion=None,
+        removed=None,
     ):
         self.layers = {
             str(name): {"levels": int(o["levels"]), "sparsity": float(o["sparsity"])}
@@ -105,24 +124,64 @@ class BitPlan:
         self.estimated_bytes = estimated_bytes
         self.measured_bytes = measured_bytes
         self.distortion = distortion
+        self.removed = _check_removed(removed)
         self.options = {}
         self.importance = None
 
     def scheme(self, **kwargs):
         """A `tfq.schemes.Multivalued` with this plan's per-layer levels and sparsities.
 
+        A plan that removes channels is meant for `plan.shrink(model)`: quantize that (or
+        use `plan.quantize(model)`).
+
         Args:
           **kwargs: other `Multivalued` arguments (e.g. mode="masked").
         """
         return Multivalued(division=self.division.value, layers=self.layers, **kwargs)
 
+    def shrink(self, model):
+        """`model` without the plan's removed output channels: a new float model.
+
+        Each removed channel's kernel slice and bias are set to 0 (and the BatchNormalization
+        after it made to output 0 there) in a copy, which `tfq.shrink`'s rules then cut down,
+        with the matching inputs of the next layers. `model` is not modified; a plan that
+        removes nothing returns `model` itself.
+
+        Raises:
+          ValueError: a layer of `removed` that `model` lacks or cannot lose channels of
+            (not a Conv1D, Conv2D, Conv2DTranspose or Dense layer, an index out of range),
+            or a channel `tfq.shrink` cannot remove there (one a residual sum or the
+            model's output needs).
+        """
+        return self._shrunk(model)[0] if self.removed else model
+
+    def _shrunk(self, model):
+        """`(shrunk, keep, inbound)` for a plan that removes channels."""
+        copy = _zeroed_copy(model, self.removed)
+        shrunk, _, keep = _shrink(copy, warn=False)
+        for name, channels in self.removed.items():
+            kept = [c for c in channels if keep[name][c]]
+            if kept:
+                raise ValueError(
+                    f"removed[{name!r}] must name channels that shrinking can remove; "
+                    f"channels {kept} are still needed at 0 (a residual sum, a non-zero "
+                    "activation of 0 or the model's output reads them). Received: removed="
+                    f"{dict(self.removed)}"
+                )
+        return shrunk, keep, inbound_layer_names(copy)
+
     def quantize(self, model, **kwargs):
-        """`tfq.quantize_model(model, self.scheme(**kwargs))` (with the Hessian importance when
-        the division is "hessian_kmeans")."""
+        """`tfq.quantize_model(plan.shrink(model), self.scheme(**kwargs))` (with the Hessian
+        importance, cut to the kept channels, when the division is "hessian_kmeans")."""
         from tfquant.quantize import quantize_model
 
         importance = self.importance if self.division is Division.HESSIAN_KMEANS else None
-        return quantize_model(model, self.scheme(**kwargs), importance=importance)
+        start = model
+        if self.removed:
+            start, keep, inbound = self._shrunk(model)
+            if importance is not None:
+                importance = _sliced_importance(importance, model, start, keep, inbound)
+        return quantize_model(start, self.scheme(**kwargs), importance=importance)
 
     def get_config(self):
         return {
@@ -133,6 +192,7 @@ class BitPlan:
             "estimated_bytes": self.estimated_bytes,
             "measured_bytes": self.measured_bytes,
             "distortion": self.distortion,
+            "removed": {name: list(channels) for name, channels in self.removed.items()},
         }
 
     @classmethod
@@ -145,8 +205,151 @@ class BitPlan:
             f"{self.estimated_bytes}, measured_bytes={self.measured_bytes})"
         ]
         for name, options in self.layers.items():
-            lines.append(f"  {name}: {options['levels']} levels, sparsity {options['sparsity']}")
+            removed = self.removed.get(name)
+            extra = f", {len(removed)} channels removed" if removed else ""
+            lines.append(
+                f"  {name}: {options['levels']} levels, sparsity {options['sparsity']}{extra}"
+            )
         return "\n".join(lines)
+
+
+def _check_removed(removed):
+    if removed is None:
+        return {}
+    if not isinstance(removed, dict):
+        raise TypeError(
+            "removed must be a dict of layer name -> channel indices. "
+            f"Received: removed of type {type(removed).__name__}"
+        )
+    out = {}
+    for name, channels in removed.items():
+        values = list(channels)
+        if not values or any(
+            isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0 for c in values
+        ):
+            raise ValueError(
+                "removed must map each layer name to a non-empty list of channel indices "
+                f"(integers >= 0). Received: removed[{name!r}]={channels!r}"
+            )
+        out[str(name)] = sorted(set(int(c) for c in values))
+    return out
+
+
+def _output_axis(layer):
+    return -2 if type(layer) is keras.layers.Conv2DTranspose else -1
+
+
+def _channel_layer(model, name):
+    """`model`'s layer `name`, checked to be one whose output channels a plan can remove."""
+    try:
+        layer = model.get_layer(name)
+    except ValueError:
+        raise ValueError(
+            f"removed names layer {name!r}, which the model does not have. Received: a "
+            f"model with layers {[layer.name for layer in model.layers]}"
+        ) from None
+    if not _is_producer(layer):
+        raise ValueError(
+            f"removed names layer {name!r}, a {type(layer).__name__}; channels can be removed "
+            "from Conv1D, Conv2D, Conv2DTranspose and Dense layers only"
+        )
+    return layer
+
+
+def _zero_channels(model, name, channels):
+    """Sets output `channels` of `model`'s layer `name` to output 0: its kernel slices and
+    biases, and the offset and mean of a BatchNormalization after it (through activations
+    and Dropout). Returns `[(variable, old value)]` to undo it."""
+    layer = _channel_layer(model, name)
+    size = layer.kernel.shape[_output_axis(layer)]
+    if channels and max(channels) >= size:
+        raise ValueError(
+            f"removed[{name!r}] must hold channel indices below {size} (its output "
+            f"channels). Received: {channels}"
+        )
+    undo = []
+
+    def zero(variable, index, axis=-1):
+        value = variable.numpy()
+        undo.append((variable, value))
+        value = np.moveaxis(value.copy(), axis, -1)
+        value[..., index] = 0
+        variable.assign(np.moveaxis(value, -1, axis))
+
+    zero(layer.kernel, channels, _output_axis(layer))
+    if layer.use_bias:
+        zero(layer.bias, channels)
+    consumers = {}
+    for target, sources in inbound_layer_names(model).items():
+        for source in sources:
+            consumers.setdefault(source, []).append(target)
+    frontier = list(consumers.get(name, []))
+    while frontier:
+        after = model.get_layer(frontier.pop())
+        if not _is_per_channel(after):
+            continue
+        if isinstance(after, keras.layers.BatchNormalization):
+            zero(after.moving_mean, channels)
+            if after.center:
+                zero(after.beta, channels)
+        frontier += consumers.get(after.name, [])
+    return undo
+
+
+def _float_copy(model):
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _zeroed_copy(model, removed):
+    copy = _float_copy(model)
+    for name, channels in removed.items():
+        _zero_channels(copy, name, channels)
+    return copy
+
+
+def _removable(model, names):
+    """The layers among `names` whose output channel with the least kernel norm, zeroed
+    (`_zero_channels`), `tfq.shrink` would remove."""
+    copy = _float_copy(model)
+    out = []
+    for name in names:
+        layer = copy.get_layer(name)
+        if not _is_producer(layer):
+            continue
+        view = np.moveaxis(layer.kernel.numpy(), _output_axis(layer), -1)
+        channels = view.shape[-1]
+        if channels < 2:
+            continue
+        channel = int(np.argmin(np.sum(view.reshape(-1, channels) ** 2, axis=0)))
+        undo = _zero_channels(copy, name, [channel])
+        keep, _, _ = _keep_masks(copy)
+        if not keep[name][channel]:
+            out.append(name)
+        for variable, value in undo:
+            variable.assign(value)
+    return out
+
+
+def _sliced_importance(importance, model, shrunk, keep, inbound):
+    """The Hessian importance of `model`'s kernels cut to the `shrunk` model's."""
+    out = dict(importance)
+    for name, values in importance.items():
+        layer, target = model.get_layer(name), shrunk.get_layer(name)
+        attribute = supported_weight_attribute(layer)
+        shape = tuple(getattr(layer, attribute).shape)
+        if tuple(getattr(target, attribute).shape) == shape:
+            continue
+        source = inbound.get(name, [None])[0]
+        out[name] = _slice_weight(
+            np.asarray(values).reshape(shape),
+            layer,
+            np.flatnonzero(keep[source]),
+            np.flatnonzero(keep[name]),
+            shape,
+        )
+    return out
 
 
 def quantize_numpy(kernel, centers, zero_threshold=None):
@@ -212,8 +415,43 @@ def _state_bytes(shape, levels, sparsity):
     return sum(variable_nbytes(np.asarray(a)) for a in arrays)
 
 
+def _channel_options(
+    layer, kernel, variable_name, importance, levels, sparsities, fractions, *settings
+):
+    """`_layer_options` for the kernel with each fraction of its output channels removed
+    (those of least Hessian-weighted norm Σ h_i w_i², the loss increase Optimal Brain
+    Damage predicts for zeroing them), and `(fraction, removed indices)` per fraction."""
+    hessian = np.asarray(importance, np.float64).reshape(kernel.shape)
+    axis = _output_axis(layer)
+    channels = kernel.shape[axis]
+    saliency = np.sum(
+        np.moveaxis(hessian * kernel.astype(np.float64) ** 2, axis, -1).reshape(-1, channels),
+        axis=0,
+    )
+    order = np.argsort(saliency, kind="stable")
+    options, removed = [], {}
+    for fraction in fractions:
+        count = int(round(fraction * channels))
+        if fraction > 0 and not 0 < count < channels or count in removed:
+            continue
+        drop = np.sort(order[:count])
+        keep = np.setdiff1d(np.arange(channels), drop)
+        removed[count] = (float(fraction), [int(c) for c in drop])
+        kept = np.take(kernel, keep, axis=axis)
+        lost = float(saliency[drop].sum())
+        for option in _layer_options(
+            kept, variable_name, np.take(hessian, keep, axis=axis), levels, sparsities, *settings
+        ):
+            options.append(
+                dataclasses.replace(
+                    option, distortion=option.distortion + lost, channel_sparsity=float(fraction)
+                )
+            )
+    return options, {fraction: drop for fraction, drop in removed.values()}
+
+
 def _layer_options(
-    name, kernel, variable_name, importance, levels, sparsities, division, coder, entropy_weight
+    kernel, variable_name, importance, levels, sparsities, division, coder, entropy_weight
 ):
     options = []
     hessian = np.asarray(importance, np.float64).reshape(kernel.shape)
@@ -287,14 +525,14 @@ def _check_levels(levels):
     return tuple(sorted(set(int(v) for v in levels)))
 
 
-def _check_sparsities(sparsities):
+def _check_sparsities(sparsities, argument="sparsities"):
     sparsities = tuple(sparsities)
     if not sparsities:
-        raise ValueError("sparsities must not be empty. Received: sparsities=()")
+        raise ValueError(f"{argument} must not be empty. Received: {argument}=()")
     for value in sparsities:
-        check_float("sparsities", value, 0.0, 1.0, low_open=False)
+        check_float(argument, value, 0.0, 1.0, low_open=False)
         if value >= 1.0:
-            raise ValueError(f"sparsities must be in [0, 1). Received: sparsities={sparsities}")
+            raise ValueError(f"{argument} must be in [0, 1). Received: {argument}={sparsities}")
     return tuple(sorted(set(float(v) for v in sparsities)))
 
 
@@ -311,6 +549,7 @@ def allocate_bits(
     hessian_samples=2,
     max_batches=4,
     verbose=0,
+    channel_sparsities=(0.0,),
 ):
     """Chooses per-layer levels and sparsity that meet a coded-size budget with least loss.
 
@@ -332,6 +571,18 @@ def allocate_bits(
     before fine-tuning; fine-tuning moves weights between centers, which changes the coded
     size by a few percent either way (snap mode with sparsity keeps the pruned weights).
 
+    With `channel_sparsities` the plan also trades channels against bits (structured
+    pruning): every Conv1D / Conv2D / Conv2DTranspose / Dense layer whose output channels
+    `tfq.shrink` can remove (not the model's outputs, nor a channel a residual sum needs)
+    gets its options once per fraction f: the f share of its output channels (units) with
+    the least Hessian-weighted norm Σ h_i w_i² (Optimal Brain Damage's saliency) removed,
+    their Σ h_i w_i² added to the distortion, and the bytes of the smaller kernel. The plan
+    records the removed indices (`plan.removed`); `plan.quantize(model)` quantizes the
+    shrunk float model (`plan.shrink(model)`: a new architecture, with the next layers'
+    matching inputs cut as well). Those inputs and the removed biases are not in the estimate,
+    so the measured size comes in under it; the search is then repeated with the budget
+    raised by the margin while that lowers the distortion and still fits.
+
     Args:
       model: a trained float `tfq.keras` model (Sequential or functional).
       budget_bytes: the container size to meet, in bytes (`tfq.coding.compress(...).nbytes`).
@@ -346,9 +597,11 @@ def allocate_bits(
       hessian_samples: Rademacher probes per batch of the Hessian estimate.
       max_batches: batches of 256 samples of `data` used for it.
       verbose: 1 prints the plan and the measured size of each round.
+      channel_sparsities: fractions of output channels to try removing per layer (default
+        `(0.0,)`: none), e.g. `(0.0, 0.25, 0.5, 0.75)`.
 
     Returns:
-      A `BitPlan` (use `plan.scheme()` or `plan.quantize(model)`).
+      A `BitPlan` (use `plan.quantize(model)`, or `plan.scheme()` on `plan.shrink(model)`).
 
     Raises:
       ValueError: a budget below the smallest plan (the message gives that size), a bad
@@ -379,6 +632,7 @@ def allocate_bits(
         )
     levels = _check_levels(levels)
     sparsities = _check_sparsities(sparsities)
+    fractions = _check_sparsities(channel_sparsities, "channel_sparsities")
     division = Division.parse(division, "division")
     coder = Coder.parse(coder, "coder")
     x, y = data
@@ -397,21 +651,27 @@ def allocate_bits(
     importance = hessian_diagonal(
         model, x, y, loss, samples=hessian_samples, max_batches=max_batches
     )
-    options_per_layer = [
-        _layer_options(
-            name,
-            variable.numpy(),
-            variable.name,
-            importance[name],
-            levels,
-            sparsities,
-            division,
-            coder,
-            entropy_weight,
-        )
-        for name, variable in kernels
-    ]
     names = [name for name, _ in kernels]
+    removable = set(_removable(model, names)) if fractions != (0.0,) else set()
+    options_per_layer, removals = [], {}
+    for name, variable in kernels:
+        settings = (levels, sparsities, division, coder, entropy_weight)
+        if name in removable:
+            options, removals[name] = _channel_options(
+                model.get_layer(name),
+                variable.numpy(),
+                variable.name,
+                importance[name],
+                levels,
+                sparsities,
+                fractions,
+                division,
+                coder,
+                entropy_weight,
+            )
+        else:
+            options = _layer_options(variable.numpy(), variable.name, importance[name], *settings)
+        options_per_layer.append(options)
     reference = BitPlan(
         {n: {"levels": levels[-1], "sparsity": 0.0} for n in names}, budget_bytes, division, coder
     )
@@ -419,11 +679,9 @@ def allocate_bits(
     fixed = _fixed_bytes(reference.quantize(model))
     smallest = fixed + sum(min(o.nbytes for o in options) for options in options_per_layer)
 
-    target = budget_bytes
-    for _ in range(_MAX_ROUNDS):
-        picked = _choose(options_per_layer, target - fixed) if target > fixed else None
-        if picked is None:
-            _too_small(budget_bytes, smallest, levels, sparsities)
+    slack = _RAISE_MARGIN * budget_bytes
+
+    def planned(picked):
         plan = BitPlan(
             {
                 n: {"levels": o.levels, "sparsity": o.sparsity}
@@ -434,24 +692,53 @@ def allocate_bits(
             coder,
             estimated_bytes=fixed + sum(o.nbytes for o in picked),
             distortion=float(sum(o.distortion for o in picked)),
+            removed={
+                n: removals[n][o.channel_sparsity]
+                for n, o in zip(names, picked, strict=True)
+                if o.channel_sparsity > 0
+            },
         )
         plan.options = dict(zip(names, options_per_layer, strict=True))
         plan.importance = importance
         plan.measured_bytes = compress(plan.quantize(model), coder=coder.value).nbytes
         if verbose:
             print(f"{plan}\n  measured {plan.measured_bytes} bytes (budget {budget_bytes})")
-        if plan.measured_bytes <= budget_bytes:
-            return plan
-        target -= plan.measured_bytes - budget_bytes
-    _too_small(budget_bytes, smallest, levels, sparsities)
+        return plan
+
+    target, best, fits, fails = budget_bytes, None, None, None
+    for _ in range(_MAX_ROUNDS):
+        picked = _choose(options_per_layer, target - fixed) if target > fixed else None
+        if picked is None:
+            break
+        plan = planned(picked)
+        if plan.measured_bytes > budget_bytes and best is None:
+            target -= plan.measured_bytes - budget_bytes  # tighten
+            continue
+        if plan.measured_bytes > budget_bytes:
+            fails = target
+        else:
+            if best is None or plan.distortion < best.distortion:
+                best = plan
+            fits = target
+            if not plan.removed or budget_bytes - plan.measured_bytes <= slack:
+                break
+        if fails is not None and fails - fits <= slack:
+            break
+        # raise: by the margin left, or halfway back from a raise that went over
+        target = (
+            target + budget_bytes - plan.measured_bytes if fails is None else (fits + fails) / 2
+        )
+    if best is None:
+        _too_small(budget_bytes, smallest, levels, sparsities)
+    return best
 
 
 def _too_small(budget_bytes, smallest, levels, sparsities):
     raise ValueError(
         f"budget_bytes must be at least about {smallest} bytes for this model (every layer at "
         f"its smallest option among levels {list(levels)} x sparsities {list(sparsities)}, "
-        "plus the biases and quantizer state the container stores; try higher sparsities to "
-        f"go lower). Received: budget_bytes={budget_bytes}"
+        "plus the biases and quantizer state the container stores; try higher sparsities or "
+        f"channel_sparsities to go lower). Received: budget_bytes={budget_bytes}"
     )
 
 

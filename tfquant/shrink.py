@@ -136,26 +136,12 @@ def _channels(layer):
 
 
 def _check(qmodel):
-    check_keras2_model(qmodel, "qmodel")
-    if not (isinstance(qmodel, keras.Sequential) or getattr(qmodel, "_is_graph_network", False)):
-        raise ValueError(
-            "qmodel must be a Sequential or functional QAT model from tfq.quantize_model. "
-            f"Received: qmodel of type {type(qmodel).__name__} (a subclassed model)"
-        )
+    _check_graph(qmodel, "qmodel", "QAT model from tfq.quantize_model")
     if not any(True for _ in quantized_weights(qmodel)):
         raise ValueError(
             "qmodel must be a QAT model from tfq.quantize_model (it has no quantized "
             f"weights). Received: qmodel {qmodel.name!r}"
         )
-    if isinstance(qmodel, keras.Sequential):
-        return
-    for layer in qmodel.get_config()["layers"]:  # this model's calls only: tfmot leaves some
-        calls = len(layer["inbound_nodes"])  # layers (MaxPooling1D) shared with the float model
-        if calls > 1:
-            raise ValueError(
-                f"qmodel uses layer {layer['config']['name']!r} {calls} times; shrink "
-                "supports each layer called once. Received: a shared layer"
-            )
 
 
 def _hard_kernels(qmodel):
@@ -439,10 +425,40 @@ def shrink(qmodel):
       {'quant_hidden': 1}
     """
     _check(qmodel)
-    inbound = inbound_layer_names(qmodel)
-    kernels = _hard_kernels(qmodel)
-    values = _values(qmodel, inbound, kernels)
-    keep = _needed(qmodel, inbound, values, kernels)
+    shrunk, report, _ = _shrink(qmodel)
+    return shrunk, report
+
+
+def _check_graph(model, argument, kind="model"):
+    """A Sequential or functional tf_keras model, each layer called once."""
+    check_keras2_model(model, argument)
+    if not (isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)):
+        raise ValueError(
+            f"{argument} must be a Sequential or functional {kind}. "
+            f"Received: {argument} of type {type(model).__name__} (a subclassed model)"
+        )
+    if isinstance(model, keras.Sequential):
+        return
+    for layer in model.get_config()["layers"]:  # this model's calls only: tfmot leaves some
+        calls = len(layer["inbound_nodes"])  # layers (MaxPooling1D) shared with the float model
+        if calls > 1:
+            raise ValueError(
+                f"{argument} uses layer {layer['config']['name']!r} {calls} times; shrink "
+                "supports each layer called once. Received: a shared layer"
+            )
+
+
+def _keep_masks(model):
+    """`(keep, inbound, kernels)`: layer name -> the output channels a shrunk `model` keeps."""
+    inbound = inbound_layer_names(model)
+    kernels = _hard_kernels(model)
+    values = _values(model, inbound, kernels)
+    return _needed(model, inbound, values, kernels), inbound, kernels
+
+
+def _shrink(qmodel, warn=True):
+    """`shrink` for a QAT or a float model: `(shrunk, report, keep)`, keep as `_keep_masks`."""
+    keep, inbound, kernels = _keep_masks(qmodel)
     layers = {layer.name: layer for layer in qmodel.layers}
 
     channels = {}
@@ -451,7 +467,7 @@ def shrink(qmodel):
         if _is_producer(inner) or _is_depthwise(inner):
             channels[layer.name] = (keep[layer.name].size, int(keep[layer.name].sum()))
     report = ShrinkReport(channels)
-    if not report.removed and all(mask.all() for mask in keep.values()):
+    if warn and not report.removed and all(mask.all() for mask in keep.values()):
         warnings.warn(
             f"shrink found nothing to remove in qmodel {qmodel.name!r}: no Conv1D, Conv2D, "
             "Conv2DTranspose, DepthwiseConv2D or Dense channel is exactly zero where it is "
@@ -467,7 +483,7 @@ def shrink(qmodel):
     }
     shrunk = _rebuilt(qmodel, counts)
     _copy_sliced(qmodel, shrunk, layers, inbound, keep, kernels)
-    return shrunk, report
+    return shrunk, report, keep
 
 
 def _copy_sliced(qmodel, shrunk, layers, inbound, keep, kernels):
