@@ -422,6 +422,11 @@ def float16_biases(model, args):
                 variable.assign(variable.numpy().astype(np.float16).astype(np.float32))
 
 
+def _selected(name, label, args):
+    """Whether --recipes (all when not given) names row `label` of net `name`."""
+    return args.recipes is None or bool({label, f"{name}:{label}"} & set(args.recipes))
+
+
 def allocate_plans(name, model, train, args):
     """Row label -> `tfq.allocate_bits` plan for a budget of the float kernel bytes / ratio,
     for each of --ratios that has one ("allocate_bits 200x"), and with --channel-sparsities
@@ -436,6 +441,8 @@ def allocate_plans(name, model, train, args):
     for ratio in args.ratios:
         for suffix, fractions in variants:
             label = f"allocate_bits {ratio:g}x{suffix}"
+            if not _selected(name, label, args):
+                continue
             try:
                 plans[label] = tfq.allocate_bits(
                     model,
@@ -473,13 +480,13 @@ def run_model(name, args):
             keras.utils.set_random_seed(seed)  # the fine-tuning's shuffling order
 
         for label, settings in [("recipe", RECIPES[name]), *EXTRA_RECIPES.get(name, {}).items()]:
-            if args.recipes is not None and not {label, f"{name}:{label}"} & set(args.recipes):
+            if not _selected(name, label, args):
                 continue
             seeded()
             qmodel = tfq.quantize_model(model, _scheme(settings, args))
             add(evaluate_row(name, label, qmodel, train, test, float_accuracy, args))
         for label, (settings, strength, structure) in STRUCTURED_RECIPES.get(name, {}).items():
-            if args.recipes is not None and not {label, f"{name}:{label}"} & set(args.recipes):
+            if not _selected(name, label, args):
                 continue
             if structure == "channel" and args.schedule != "prune":
                 print(f"{name}: {label} skipped: channel pruning needs --schedule prune")
@@ -499,7 +506,7 @@ def run_model(name, args):
                 )
             )
         for label, plan in plans.items():
-            if args.recipes is not None and not {label, f"{name}:{label}"} & set(args.recipes):
+            if not _selected(name, label, args):
                 continue
             seeded()  # a plan that removes channels starts from the shrunk float model
             qmodel = tfq.quantize_model(plan.shrink(model), _scheme(plan.layers, args))
