@@ -239,6 +239,41 @@ def test_a_first_fit_and_export_in_a_fresh_program_warns_nothing():
         assert chatter not in done.stderr, done.stderr
 
 
+_LOAD_SCRIPT = """
+import sys
+import tfquant as tfq
+from tfquant.models.datasets import load
+
+(x, y), _ = load("digits", limit=(64, 8))
+qmodel = tfq.load_model(sys.argv[1])
+qmodel.compile("adam", tfq.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+qmodel.fit(x, y, epochs=1, verbose=0)
+print("trained")
+"""
+
+
+def test_a_first_fit_of_a_loaded_model_is_quiet_too(tmp_path):
+    """The XLA warm-up happens where every QAT model is built (its quantizers' `build`), so
+    a fresh program that only loads a saved model and fits it sees no XLA notice either."""
+    model = tfq.keras.Sequential(
+        [tfq.keras.Input((8, 8, 1)), tfq.keras.layers.Flatten(), tfq.keras.layers.Dense(10)]
+    )
+    tfq.quantize_model(model, tfq.schemes.Multivalued(bits=3)).save(tmp_path / "saved")
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS")
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _LOAD_SCRIPT, str(tmp_path / "saved")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0 and "trained" in done.stdout, done.stderr[-2000:]
+    for chatter in XLA_CHATTER:
+        assert chatter not in done.stderr, done.stderr
+
+
 def test_xla_notices_are_recognised_and_nothing_else():
     assert _quiet.is_xla_chatter(
         "I0000 00:00:1796445552.480289    1856 service.cc:153] XLA service 0x7f4f initialized"

@@ -22,7 +22,7 @@ from tfquant.configs.layer import (
     is_separable,
     supported_weight_attribute,
 )
-from tfquant.quantizers.base import TfquantQuantizer, warm_up
+from tfquant.quantizers.base import TfquantQuantizer
 from tfquant.schemes import BoundScheme, LearnedBasis, Scheme, separable_parts
 
 _SUPPORTED = SUPPORTED_LAYERS
@@ -237,7 +237,6 @@ def quantize_model(model, scheme, importance=None):
             f"model has no layer tfquant can quantize ({_SUPPORTED}). "
             f"Received: layers {[type(layer).__name__ for layer in model.layers]}"
         )
-    warm_up()  # XLA's one-time notices now, quietly, not in the middle of the user's fit
     already_annotated = any(is_annotated(layer) for layer in model.layers)
     annotated = model if already_annotated else _annotate_all(model, scheme)
     qmodel = _apply(annotated, scheme, importance)

@@ -71,7 +71,7 @@ _quiet.hide_retracing_warnings("_nearest_unrolled")
 
 def warm_up():
     """Compiles the search once on a tiny input with XLA's one-time log lines kept quiet
-    (`tfq.quantize_model` calls it; see `_quiet.warm_up_xla`)."""
+    (every quantizer's `build` calls it; see `_quiet.warm_up_xla`)."""
     _quiet.warm_up_xla(_nearest_unrolled_xla, tf.zeros([2]), tf.constant([0.0, 1.0]))
 
 
@@ -136,6 +136,8 @@ class TfquantQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
     levels = None
 
     def build(self, tensor_shape, name, layer):
+        with tf.init_scope():  # every route to a QAT model builds here (quantize, load, ...)
+            warm_up()  # XLA's one-time notices now, quietly, not in the middle of a fit
         inner = getattr(layer, "layer", layer)
         self._depthwise = isinstance(inner, keras.layers.DepthwiseConv2D)
         # Conv2DTranspose kernels are [h, w, out, in]: output channels on the second-last axis.
