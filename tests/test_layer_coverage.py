@@ -12,7 +12,9 @@ import pytest
 
 import tfquant as tfq
 from tfquant import export
+from tfquant.configs.layer import OutputQuantizeConfig
 from tfquant.export import flatbuffer, rewrite
+from tfquant.export.tflite import run_tflite
 
 keras = tfq.keras
 layers = keras.layers
@@ -396,3 +398,40 @@ def test_keep_first_last_8bit_notice_on_small_models(count):
         assert f"'fc{i}'" in notice
     assert "8-bit" in notice and "none gets the LearnedBasis quantizer" in notice
     assert "Pass keep_first_last_8bit=False" in notice
+
+
+def test_k_bit_activations_reach_standalone_relu_layers(tmp_path):
+    """`LearnedBasis(activation_bits=2)` quantizes every ReLU output to 2 bits, also where
+    the ReLU is its own layer after a BatchNorm (a ResNet's Conv -> BN -> ReLU, ReLU after an
+    Add, an Activation("relu6")), not only a layer's `activation=` argument; the model
+    saves, loads and exports with them."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(8, 3, padding="same", use_bias=False, name="conv1")(inputs)
+    x = layers.ReLU(name="relu1")(layers.BatchNormalization(name="bn1")(x))
+    y = layers.BatchNormalization(name="bn2")(layers.Conv2D(8, 3, padding="same", name="conv2")(x))
+    x = layers.ReLU(name="relu2")(layers.Add(name="add")([x, y]))
+    x = layers.Activation("relu6", name="relu3")(layers.Conv2D(8, 1, name="conv3")(x))
+    x = layers.Dense(4, name="logits")(layers.GlobalAveragePooling2D(name="pool")(x))
+    model = _compile(keras.Model(inputs, x))
+    features = np.random.default_rng(0).normal(size=(64, 8, 8, 3)).astype("float32")
+    model.fit(features, np.arange(64) % 4, epochs=1, verbose=0)
+    scheme = tfq.schemes.LearnedBasis(weight_bits=2, activation_bits=2, keep_first_last_8bit=False)
+    qmodel = _compile(tfq.quantize_model(model, scheme))
+    qmodel.fit(features, np.arange(64) % 4, epochs=1, verbose=0)
+    names = ["quant_relu1", "quant_relu2", "quant_relu3"]
+    probe = keras.Model(qmodel.inputs, [qmodel.get_layer(n).output for n in names])
+    for name, values in zip(names, probe(features), strict=True):
+        assert np.unique(values.numpy()).size <= 4, name  # 2 bits, not tfmot's 8
+        assert isinstance(qmodel.get_layer(name).quantize_config, OutputQuantizeConfig)
+    qmodel.save(tmp_path / "saved")
+    loaded = tfq.load_model(tmp_path / "saved")
+    np.testing.assert_array_equal(loaded(features), qmodel(features))
+    tfl = export.to_tflite(qmodel, representative_data=features)
+    agreement = np.mean(
+        np.argmax(run_tflite(tfl, features), -1) == np.argmax(qmodel(features), -1)
+    )
+    assert agreement >= 0.5  # TFLite computes the activations at 8 bits (finer than Keras)
+    assert tfq.schemes.LearnedBasis(2, None).output_quantizer(layers.ReLU()) is None
+    assert tfq.schemes.Multivalued().output_quantizer(layers.ReLU()) is None
+    assert scheme.output_quantizer(layers.ReLU(negative_slope=0.1)) is None

@@ -191,7 +191,8 @@ def quantized_weights(model):
 
 def quantized_activations(model):
     """Yields `(wrapper, quantizer, quantizer_vars)` for every activation quantizer of a QAT
-    model (the variables of the post-activation quantization point)."""
+    model (the variables of the post-activation quantization point) and every output
+    quantizer (the layer's output quantization point)."""
     import tensorflow_model_optimization as tfmot
 
     for layer in model.layers:
@@ -200,6 +201,9 @@ def quantized_activations(model):
                 variables = getattr(activation, "_post_activation_vars", None)
                 if variables is not None:
                     yield layer, activation.quantizer, variables
+            outputs = getattr(layer, "_output_quantizers", None)
+            if outputs:  # a weightless layer's output (`OutputQuantizeConfig`)
+                yield layer, outputs[0], layer._output_quantizer_vars
 
 
 def is_annotated(layer):

@@ -10,6 +10,7 @@ import tensorflow_model_optimization as tfmot
 from tfquant._keras import keras, tfmot_layout_transforms
 from tfquant.configs.layer import (
     LayerQuantizeConfig,
+    OutputQuantizeConfig,
     SeparableQuantizeConfig,
     supported_weight_attribute,
 )
@@ -25,6 +26,20 @@ from tfquant.quantizers.base import check_bool, check_int
 _default_8bit = tfmot.quantization.keras.default_8bit
 _transforms, _ModelTransformer = tfmot_layout_transforms()
 _NON_NEGATIVE_ACTIVATIONS = ("relu", "relu6")
+
+
+def _is_relu_layer(layer):
+    """A ReLU layer computing max(x, 0) or min(max(x, 0), 6), or an Activation relu/relu6."""
+    if type(layer) is keras.layers.Activation:
+        return keras.activations.serialize(layer.activation) in _NON_NEGATIVE_ACTIVATIONS
+    if type(layer) is not keras.layers.ReLU:
+        return False
+    config = layer.get_config()
+    return (
+        config.get("max_value") in (None, 6.0)
+        and not config.get("negative_slope")
+        and not config.get("threshold")
+    )
 
 
 class Scheme(tfmot.quantization.keras.QuantizeScheme):
@@ -53,6 +68,12 @@ class Scheme(tfmot.quantization.keras.QuantizeScheme):
 
     def activation_quantizer(self, layer):
         """The activation quantizer for `layer`, or None for tfmot's 8-bit one."""
+        del layer
+        return None
+
+    def output_quantizer(self, layer):
+        """The quantizer for the output of a weightless layer (a standalone ReLU), or None
+        for tfmot's 8-bit handling."""
         del layer
         return None
 
@@ -202,10 +223,29 @@ class BoundScheme(tfmot.quantization.keras.QuantizeScheme):
         self.eight_bit_layers = tuple(eight_bit_layers)
 
     def get_layout_transformer(self):
-        return self.scheme.get_layout_transformer()
+        return _OutputLayout(self.scheme)
 
     def get_quantize_registry(self):
         return _Registry(self.scheme, self.eight_bit_layers)
+
+
+class _OutputLayout(tfmot.quantization.keras.QuantizeLayoutTransform):
+    """The scheme's layout transform, then the scheme's output quantizer on every layer it
+    gives one (`Scheme.output_quantizer`), in place of what tfmot's patterns chose."""
+
+    def __init__(self, scheme):
+        self.scheme = scheme
+
+    def apply(self, model, layer_quantize_map):
+        model, layer_quantize_map = self.scheme.get_layout_transformer().apply(
+            model, layer_quantize_map
+        )
+        for layer in model.layers:
+            quantizer = self.scheme.output_quantizer(layer)
+            if quantizer is not None:
+                entry = layer_quantize_map.setdefault(layer.name, {})
+                entry["quantize_config"] = OutputQuantizeConfig(quantizer)
+        return model, layer_quantize_map
 
 
 _LAYER_OPTIONS = (
@@ -384,6 +424,13 @@ class LearnedBasis(Scheme):
     def activation_quantizer(self, layer):
         activation = keras.activations.serialize(layer.activation)
         if self.activation_bits is None or activation not in _NON_NEGATIVE_ACTIVATIONS:
+            return None
+        return LearnedBasisActivationQuantizer(self.activation_bits)
+
+    def output_quantizer(self, layer):
+        """K-bit activations after a standalone ReLU (max value None or 6, no slope or
+        threshold) or an Activation("relu" / "relu6") layer as well."""
+        if self.activation_bits is None or not _is_relu_layer(layer):
             return None
         return LearnedBasisActivationQuantizer(self.activation_bits)
 

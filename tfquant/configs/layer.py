@@ -199,3 +199,52 @@ class SeparableQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
 
     def __ne__(self, other):
         return not self.__eq__(other)
+
+
+@keras.utils.register_keras_serializable(package="tfquant")
+class OutputQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
+    """Quantizes the output of a weightless layer (a standalone ReLU) with `quantizer`: how a
+    scheme with its own activation quantizer (`LearnedBasis(activation_bits=K)`) reaches the
+    ReLU layers of Conv -> BatchNorm -> ReLU blocks, where tfmot would put its 8-bit one.
+
+    Args:
+      quantizer: a tfmot `Quantizer` for the layer's output.
+
+    Example:
+      >>> from tfquant.quantizers import LearnedBasisActivationQuantizer
+      >>> config = OutputQuantizeConfig(LearnedBasisActivationQuantizer(bits=2))
+      >>> OutputQuantizeConfig.from_config(config.get_config()) == config
+      True
+    """
+
+    def __init__(self, quantizer):
+        self.quantizer = quantizer
+
+    def get_weights_and_quantizers(self, layer):
+        return []
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        pass
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        return [self.quantizer]
+
+    def get_config(self):
+        return {"quantizer": keras.utils.legacy.serialize_keras_object(self.quantizer)}
+
+    @classmethod
+    def from_config(cls, config):
+        with tfmot.quantization.keras.quantize_scope():
+            return cls(_deserialize_quantizer(config["quantizer"]))
+
+    def __eq__(self, other):
+        return isinstance(other, OutputQuantizeConfig) and self.quantizer == other.quantizer
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
