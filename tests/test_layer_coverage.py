@@ -428,9 +428,7 @@ def test_k_bit_activations_reach_standalone_relu_layers(tmp_path):
     loaded = tfq.load_model(tmp_path / "saved")
     np.testing.assert_array_equal(loaded(features), qmodel(features))
     tfl = export.to_tflite(qmodel, representative_data=features)
-    agreement = np.mean(
-        np.argmax(run_tflite(tfl, features), -1) == np.argmax(qmodel(features), -1)
-    )
+    agreement = np.mean(np.argmax(run_tflite(tfl, features), -1) == np.argmax(qmodel(features), -1))
     assert agreement >= 0.5  # TFLite computes the activations at 8 bits (finer than Keras)
     assert tfq.schemes.LearnedBasis(2, None).output_quantizer(layers.ReLU()) is None
     assert tfq.schemes.Multivalued().output_quantizer(layers.ReLU()) is None
