@@ -36,6 +36,7 @@ from tfquant.shrink import (
     _is_per_channel,
     _is_producer,
     _keep_masks,
+    _output_axis,
     _shrink,
     _slice_weight,
 )
@@ -235,10 +236,6 @@ def _check_removed(removed):
     return out
 
 
-def _output_axis(layer):
-    return -2 if type(layer) is keras.layers.Conv2DTranspose else -1
-
-
 def _channel_layer(model, name):
     """`model`'s layer `name`, checked to be one whose output channels a plan can remove."""
     try:
@@ -415,9 +412,7 @@ def _state_bytes(shape, levels, sparsity):
     return sum(variable_nbytes(np.asarray(a)) for a in arrays)
 
 
-def _channel_options(
-    layer, kernel, variable_name, importance, levels, sparsities, fractions, *settings
-):
+def _channel_options(layer, kernel, variable_name, importance, fractions, *settings):
     """`_layer_options` for the kernel with each fraction of its output channels removed
     (those of least Hessian-weighted norm Σ h_i w_i², the loss increase Optimal Brain
     Damage predicts for zeroing them), and `(fraction, removed indices)` per fraction."""
@@ -440,7 +435,7 @@ def _channel_options(
         kept = np.take(kernel, keep, axis=axis)
         lost = float(saliency[drop].sum())
         for option in _layer_options(
-            kept, variable_name, np.take(hessian, keep, axis=axis), levels, sparsities, *settings
+            kept, variable_name, np.take(hessian, keep, axis=axis), *settings
         ):
             options.append(
                 dataclasses.replace(
@@ -662,12 +657,8 @@ def allocate_bits(
                 variable.numpy(),
                 variable.name,
                 importance[name],
-                levels,
-                sparsities,
                 fractions,
-                division,
-                coder,
-                entropy_weight,
+                *settings,
             )
         else:
             options = _layer_options(variable.numpy(), variable.name, importance[name], *settings)

@@ -110,6 +110,11 @@ def _is_transposed(inner):
     return type(inner) is keras.layers.Conv2DTranspose
 
 
+def _output_axis(inner):
+    """The kernel axis of a producer's output channels (Conv2DTranspose: [h, w, out, in])."""
+    return -2 if _is_transposed(inner) else -1
+
+
 def _io_view(inner, kernel):
     """A producer's kernel as [taps, inputs, outputs] (Conv2DTranspose stores [h, w, out, in])."""
     if _is_transposed(inner):
@@ -301,7 +306,7 @@ def _kernel_variables(qmodel):
         inner = _inner(layer)
         if _is_producer(inner):
             kernel = quantized.get(layer.name, getattr(inner, "kernel", None))
-            out[layer.name] = (kernel, -2 if _is_transposed(inner) else -1)
+            out[layer.name] = (kernel, _output_axis(inner))
     return out
 
 
