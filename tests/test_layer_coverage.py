@@ -15,6 +15,7 @@ from tfquant import export
 from tfquant.configs.layer import OutputQuantizeConfig
 from tfquant.export import flatbuffer, rewrite
 from tfquant.export.tflite import run_tflite
+from tfquant.quantizers import LearnedBasisActivationQuantizer
 
 keras = tfq.keras
 layers = keras.layers
@@ -401,10 +402,12 @@ def test_keep_first_last_8bit_notice_on_small_models(count):
 
 
 def test_k_bit_activations_reach_standalone_relu_layers(tmp_path):
-    """`LearnedBasis(activation_bits=2)` quantizes every ReLU output to 2 bits, also where
-    the ReLU is its own layer after a BatchNorm (a ResNet's Conv -> BN -> ReLU, ReLU after an
-    Add, an Activation("relu6")), not only a layer's `activation=` argument; the model
-    saves, loads and exports with them."""
+    """`LearnedBasis(activation_bits=2)` gives 2-bit inputs to every quantized layer that
+    reads a ReLU, also where the ReLU is its own layer after a BatchNorm (Conv -> BN -> ReLU,
+    ReLU after an Add, an Activation("relu6") read through a max pooling), not only a layer's
+    `activation=` argument. A ReLU that a residual Add also reads stays 8-bit (the residual
+    stream keeps its precision, as in LQ-Nets) and the conv reading it gets a 2-bit
+    QuantizeLayer of its own. The model saves, loads and exports with them."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 3))
     x = layers.Conv2D(8, 3, padding="same", use_bias=False, name="conv1")(inputs)
@@ -412,18 +415,29 @@ def test_k_bit_activations_reach_standalone_relu_layers(tmp_path):
     y = layers.BatchNormalization(name="bn2")(layers.Conv2D(8, 3, padding="same", name="conv2")(x))
     x = layers.ReLU(name="relu2")(layers.Add(name="add")([x, y]))
     x = layers.Activation("relu6", name="relu3")(layers.Conv2D(8, 1, name="conv3")(x))
-    x = layers.Dense(4, name="logits")(layers.GlobalAveragePooling2D(name="pool")(x))
+    x = layers.Dense(4, name="logits")(layers.GlobalMaxPooling2D(name="pool")(x))
     model = _compile(keras.Model(inputs, x))
     features = np.random.default_rng(0).normal(size=(64, 8, 8, 3)).astype("float32")
     model.fit(features, np.arange(64) % 4, epochs=1, verbose=0)
     scheme = tfq.schemes.LearnedBasis(weight_bits=2, activation_bits=2, keep_first_last_8bit=False)
     qmodel = _compile(tfq.quantize_model(model, scheme))
     qmodel.fit(features, np.arange(64) % 4, epochs=1, verbose=0)
-    names = ["quant_relu1", "quant_relu2", "quant_relu3"]
+    names = ["quant_relu2", "quant_relu3", "conv2_input_quantize", "quant_relu1"]
     probe = keras.Model(qmodel.inputs, [qmodel.get_layer(n).output for n in names])
-    for name, values in zip(names, probe(features), strict=True):
-        assert np.unique(values.numpy()).size <= 4, name  # 2 bits, not tfmot's 8
+    values = [np.unique(v.numpy()).size for v in probe(features)]
+    assert max(values[:3]) <= 4, values  # 2 bits, not tfmot's 8
+    assert values[3] > 4, values  # relu1 feeds the Add: the residual stream stays 8-bit
+    for name in names[:2]:
         assert isinstance(qmodel.get_layer(name).quantize_config, OutputQuantizeConfig)
+    assert not isinstance(qmodel.get_layer("quant_relu1").quantize_config, OutputQuantizeConfig)
+    inserted = qmodel.get_layer("conv2_input_quantize")
+    assert isinstance(inserted.quantizer, LearnedBasisActivationQuantizer)
+    assert inserted._inbound_nodes[0].inbound_layers.name == "quant_relu1"
+    assert qmodel.get_layer("quant_conv2")._inbound_nodes[0].inbound_layers is inserted
+    add_inputs = {
+        layer.name for layer in qmodel.get_layer("quant_add")._inbound_nodes[0].inbound_layers
+    }
+    assert "quant_relu1" in add_inputs
     qmodel.save(tmp_path / "saved")
     loaded = tfq.load_model(tmp_path / "saved")
     np.testing.assert_array_equal(loaded(features), qmodel(features))
@@ -433,3 +447,22 @@ def test_k_bit_activations_reach_standalone_relu_layers(tmp_path):
     assert tfq.schemes.LearnedBasis(2, None).output_quantizer(layers.ReLU()) is None
     assert tfq.schemes.Multivalued().output_quantizer(layers.ReLU()) is None
     assert scheme.output_quantizer(layers.ReLU(negative_slope=0.1)) is None
+
+
+def test_k_bit_activations_stay_off_outputs_and_unquantized_readers():
+    """A ReLU that is also a model output keeps 8 bits (the user reads it) and the conv
+    reading it gets its own 2-bit input; a ReLU read only through an average pooling (not a
+    quantized layer's direct input) or only by a layer kept at 8 bits stays 8-bit."""
+    inputs = keras.Input((8, 8, 3))
+    a = layers.ReLU(name="relu_out")(layers.Conv2D(4, 3, name="conv1")(inputs))
+    b = layers.ReLU(name="relu_avg")(layers.Conv2D(4, 3, name="conv2")(a))
+    c = layers.Conv2D(4, 1, name="conv3")(layers.AveragePooling2D(name="avg")(b))
+    d = layers.ReLU(name="relu_last")(c)
+    logits = layers.Dense(2, name="last")(layers.Flatten(name="flat")(d))
+    model = keras.Model(inputs, [logits, a])
+    scheme = tfq.schemes.LearnedBasis(weight_bits=2, activation_bits=2)  # first/last 8-bit
+    qmodel = tfq.quantize_model(model, scheme)
+    quantize_layers = [layer.name for layer in qmodel.layers if "input_quantize" in layer.name]
+    assert quantize_layers == ["conv2_input_quantize"]
+    for name in ("quant_relu_out", "quant_relu_avg", "quant_relu_last"):
+        assert not isinstance(qmodel.get_layer(name).quantize_config, OutputQuantizeConfig), name

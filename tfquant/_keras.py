@@ -191,8 +191,10 @@ def quantized_weights(model):
 
 def quantized_activations(model):
     """Yields `(wrapper, quantizer, quantizer_vars)` for every activation quantizer of a QAT
-    model (the variables of the post-activation quantization point) and every output
-    quantizer (the layer's output quantization point)."""
+    model (the variables of the post-activation quantization point), every output quantizer
+    (the layer's output quantization point) and the quantizer of every QuantizeLayer (the
+    model's inputs, and the K-bit inputs a scheme gives layers that read a residual stream).
+    """
     import tensorflow_model_optimization as tfmot
 
     for layer in model.layers:
@@ -204,6 +206,8 @@ def quantized_activations(model):
             outputs = getattr(layer, "_output_quantizers", None)
             if outputs:  # a weightless layer's output (`OutputQuantizeConfig`)
                 yield layer, outputs[0], layer._output_quantizer_vars
+        elif is_quantize_layer(layer) and getattr(layer, "quantizer", None) is not None:
+            yield layer, layer.quantizer, layer.quantizer_vars
 
 
 def is_annotated(layer):
@@ -213,6 +217,15 @@ def is_annotated(layer):
     )
 
     return isinstance(layer, QuantizeAnnotate)
+
+
+def quantize_layer(quantizer, name):
+    """A tfmot QuantizeLayer (private in tfmot) applying `quantizer` to its input."""
+    from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (
+        QuantizeLayer,
+    )
+
+    return QuantizeLayer(quantizer, name=name)
 
 
 def is_quantize_layer(layer):

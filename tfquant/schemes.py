@@ -7,7 +7,7 @@ registry and layout transforms.
 
 import tensorflow_model_optimization as tfmot
 
-from tfquant._keras import keras, tfmot_layout_transforms
+from tfquant._keras import keras, quantize_layer, tfmot_layout_transforms
 from tfquant.configs.layer import (
     LayerQuantizeConfig,
     OutputQuantizeConfig,
@@ -223,29 +223,144 @@ class BoundScheme(tfmot.quantization.keras.QuantizeScheme):
         self.eight_bit_layers = tuple(eight_bit_layers)
 
     def get_layout_transformer(self):
-        return _OutputLayout(self.scheme)
+        return _OutputLayout(self.scheme, self.eight_bit_layers)
 
     def get_quantize_registry(self):
         return _Registry(self.scheme, self.eight_bit_layers)
 
 
-class _OutputLayout(tfmot.quantization.keras.QuantizeLayoutTransform):
-    """The scheme's layout transform, then the scheme's output quantizer on every layer it
-    gives one (`Scheme.output_quantizer`), in place of what tfmot's patterns chose."""
+#: Layers whose output holds only values of their input (and zeros): K-bit levels pass
+#: through them unchanged, so a K-bit ReLU output read through them is still K-bit.
+_LEVEL_PRESERVING = tuple(
+    getattr(keras.layers, name)
+    for name in (
+        "Flatten",
+        "Reshape",
+        "Permute",
+        "Dropout",
+        "SpatialDropout1D",
+        "SpatialDropout2D",
+        "SpatialDropout3D",
+        "MaxPooling1D",
+        "MaxPooling2D",
+        "MaxPooling3D",
+        "GlobalMaxPooling1D",
+        "GlobalMaxPooling2D",
+        "GlobalMaxPooling3D",
+        "ZeroPadding1D",
+        "ZeroPadding2D",
+        "ZeroPadding3D",
+        "Cropping1D",
+        "Cropping2D",
+        "Cropping3D",
+    )
+)
 
-    def __init__(self, scheme):
+
+class _OutputLayout(tfmot.quantization.keras.QuantizeLayoutTransform):
+    """The scheme's layout transform, then the scheme's output quantizer (`output_quantizer`,
+    K-bit activations) where a layer the scheme quantizes reads a standalone ReLU.
+
+    The K bits go where the quantized weight layers read (LQ-Nets quantizes the inputs of
+    its quantized convolutions), never onto a residual stream: a ReLU read only by such
+    layers (directly or through level-preserving layers: pooling by max, flatten, reshape,
+    padding, dropout) gets the quantizer on its output; a ReLU also read by anything else
+    (a residual Add, a Concatenate, an average pooling, a model output, a layer kept at 8
+    bits) keeps tfmot's 8-bit quantizer, and each quantized weight layer that reads it gets a
+    K-bit `QuantizeLayer` of its own on that input. A ReLU that no quantized weight layer
+    reads stays 8-bit.
+    """
+
+    def __init__(self, scheme, eight_bit_layers=()):
         self.scheme = scheme
+        self.eight_bit_layers = tuple(eight_bit_layers)
 
     def apply(self, model, layer_quantize_map):
         model, layer_quantize_map = self.scheme.get_layout_transformer().apply(
             model, layer_quantize_map
         )
+        outputs = {id(tensor) for tensor in model.outputs}
+        edges = []
         for layer in model.layers:
-            quantizer = self.scheme.output_quantizer(layer)
-            if quantizer is not None:
+            if self.scheme.output_quantizer(layer) is None:
+                continue
+            weight_edges, other = self._reads(layer, layer_quantize_map, outputs)
+            if not weight_edges:
+                continue
+            if not other:
                 entry = layer_quantize_map.setdefault(layer.name, {})
-                entry["quantize_config"] = OutputQuantizeConfig(quantizer)
+                entry["quantize_config"] = OutputQuantizeConfig(self.scheme.output_quantizer(layer))
+            else:
+                edges += [(edge, self.scheme.output_quantizer(layer)) for edge in weight_edges]
+        if edges:
+            model = _with_input_quantizers(model, edges)
         return model, layer_quantize_map
+
+    def _reads(self, layer, layer_quantize_map, outputs):
+        """`(edges, other)`: the edges `(producer, node index, tensor index, reader)` by which
+        quantized weight layers read `layer`'s output (through level-preserving layers), and
+        whether anything else reads it."""
+        edges, other = [], any(id(t) in outputs for t in _node_outputs(layer))
+        for node in layer._outbound_nodes:
+            reader = node.outbound_layer
+            if isinstance(reader, _LEVEL_PRESERVING):
+                more, reader_other = self._reads(reader, layer_quantize_map, outputs)
+                edges += more
+                other = other or reader_other
+            elif self._quantized_reader(reader, layer_quantize_map):
+                for source, node_index, tensor_index, _ in node.iterate_inbound():
+                    if source is layer:
+                        edges.append((layer.name, node_index, tensor_index, reader.name))
+            else:
+                other = True
+        return edges, other
+
+    def _quantized_reader(self, layer, layer_quantize_map):
+        return (
+            supported_weight_attribute(layer) is not None
+            and not isinstance(layer, keras.layers.Embedding)
+            and layer.name in layer_quantize_map
+            and layer.name not in self.eight_bit_layers
+        )
+
+
+def _node_outputs(layer):
+    tensors = []
+    for node in layer._inbound_nodes:
+        outputs = node.outputs
+        tensors += list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    return tensors
+
+
+def _with_input_quantizers(model, edges):
+    """A copy of the functional `model` (same layers' weights) with a tfmot `QuantizeLayer`
+    holding `quantizer` on each edge `(producer, node index, tensor index, reader)`."""
+    config = model.get_config()
+    entries = config["layers"]
+    taken = {entry["name"] for entry in entries}
+    for (source, node_index, tensor_index, reader), quantizer in edges:
+        name, count = f"{reader}_input_quantize", 1
+        while name in taken:
+            name, count = f"{reader}_input_quantize_{count}", count + 1
+        taken.add(name)
+        inserted = keras.layers.serialize(quantize_layer(quantizer, name))
+        inserted.update(name=name, inbound_nodes=[[[source, node_index, tensor_index, {}]]])
+        position = next(i for i, entry in enumerate(entries) if entry["name"] == reader)
+        entries[position]["inbound_nodes"] = [
+            [
+                [name, 0, 0, *argument[3:]]
+                if list(argument[:3]) == [source, node_index, tensor_index]
+                else argument
+                for argument in node
+            ]
+            for node in entries[position]["inbound_nodes"]
+        ]
+        entries.insert(position, inserted)
+    with tfmot.quantization.keras.quantize_scope():
+        copy = keras.Model.from_config(config)
+    for layer in model.layers:
+        copy.get_layer(layer.name).set_weights(layer.get_weights())
+    return copy
 
 
 _LAYER_OPTIONS = (

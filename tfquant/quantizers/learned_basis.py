@@ -180,9 +180,12 @@ class LearnedBasisActivationQuantizer(TfquantQuantizer):
 
     Meant for non-negative (ReLU) activations. Initialization from the authors' code:
     v_k = 2**k · 2 · 0.6745 / (2**K - 1) (levels spread over [0, 1.35]); QEM adapts the basis
-    to the real activation range within a few steps. Levels stay on the uint8 grid of the
-    top level, so the exported int8 tensor (range [0, top level]) holds every level exactly;
-    TFLite itself computes activations at 8 bits, finer than the K-bit Keras model.
+    to the real activation range within a few steps. The gradient is straight-through below
+    the top level and zero above it (the gradient of min(x, top level), as in the authors'
+    code), so training is not pushed to grow activations the forward pass clips. Levels stay
+    on the uint8 grid of the top level, so the exported int8 tensor (range [0, top level])
+    holds every level exactly; TFLite itself computes activations at 8 bits, finer than the
+    K-bit Keras model.
 
     Args:
       bits: K in [1, 8].
@@ -223,7 +226,8 @@ class LearnedBasisActivationQuantizer(TfquantQuantizer):
     def _quantize(self, inputs, training, weights):
         levels, sorted_codes, _ = self._levels(weights)
         quantized, index = nearest_level(inputs, levels)
-        output = straight_through(inputs, quantized)
+        # The authors' code: the gradient of min(x, top level), none above the top level.
+        output = straight_through(tf.minimum(inputs, levels[-1]), quantized)
         if not training:
             return output
         chosen = tf.gather(sorted_codes, tf.reshape(index, [-1]))[None]  # [1, N, K]
