@@ -424,6 +424,19 @@ def test_channels_come_out_where_shrink_can_remove_them():
     assert qmodel.get_layer("quant_branch").layer.kernel.shape == (3, 3, 6, 8)
     for a, b in zip(before, model.get_weights(), strict=True):  # the user's model untouched
         np.testing.assert_array_equal(a, b)
+
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.inner = keras.layers.Dense(8)
+
+        def call(self, inputs):
+            return self.inner(inputs)
+
+    subclassed = Subclassed()
+    subclassed(np.zeros((1, 4), np.float32))
+    with pytest.raises(ValueError, match="model must be a Sequential or functional float model"):
+        plan.shrink(subclassed)
     with pytest.raises(ValueError, match=r"removed\['stem'\] must name channels .* \[0\]"):
         BitPlan({}, 1500, removed={"stem": [0]}).shrink(model)
     with pytest.raises(ValueError, match="a BatchNormalization; channels can be removed from"):

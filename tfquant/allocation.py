@@ -33,6 +33,7 @@ from tfquant.quantizers.multivalued import (
 )
 from tfquant.schemes import Multivalued
 from tfquant.shrink import (
+    _check_graph,
     _is_per_channel,
     _is_producer,
     _keep_masks,
@@ -149,7 +150,8 @@ class BitPlan:
         removes nothing returns `model` itself.
 
         Raises:
-          ValueError: a layer of `removed` that `model` lacks or cannot lose channels of
+          ValueError: a subclassed `model` (its layers cannot be rewired); a layer of
+            `removed` that `model` lacks or cannot lose channels of
             (not a Conv1D, Conv2D, Conv2DTranspose or Dense layer, an index out of range),
             or a channel `tfq.shrink` cannot remove there (one a residual sum or the
             model's output needs).
@@ -158,6 +160,7 @@ class BitPlan:
 
     def _shrunk(self, model):
         """`(shrunk, keep, inbound)` for a plan that removes channels."""
+        _check_graph(model, "model", "float model")
         copy = _zeroed_copy(model, self.removed)
         shrunk, _, keep = _shrink(copy, warn=False)
         for name, channels in self.removed.items():

@@ -510,8 +510,11 @@ class Ternary(Scheme):
 class LearnedBasis(Scheme):
     """LQ-Nets: learned K-bit bases for weights (per channel) and activations (per layer).
 
-    Activations are quantized with a learned basis where the layer's own activation is ReLU
-    (or ReLU6); other activations keep tfmot's 8-bit quantizer.
+    Activations are quantized with a learned basis where a quantized layer reads a ReLU (or
+    ReLU6): a layer's own `activation=`, or a standalone ReLU layer whose output only
+    quantized layers read. A ReLU also read by a residual Add (a model output, an 8-bit layer)
+    keeps 8 bits and each quantized layer reading it gets a K-bit input of its own (see
+    `_OutputLayout`). Other activations keep tfmot's 8-bit quantizer.
 
     Args:
       weight_bits: K for weights, in [1, 4].
