@@ -282,15 +282,16 @@ class _OutputLayout(tfmot.quantization.keras.QuantizeLayoutTransform):
         outputs = {id(tensor) for tensor in model.outputs}
         edges = []
         for layer in model.layers:
-            if self.scheme.output_quantizer(layer) is None:
+            quantizer = self.scheme.output_quantizer(layer)
+            if quantizer is None:
                 continue
             weight_edges, other = self._reads(layer, layer_quantize_map, outputs)
             if not weight_edges:
                 continue
             if not other:
                 entry = layer_quantize_map.setdefault(layer.name, {})
-                entry["quantize_config"] = OutputQuantizeConfig(self.scheme.output_quantizer(layer))
-            else:
+                entry["quantize_config"] = OutputQuantizeConfig(quantizer)
+            else:  # one quantizer (one learned basis) per inserted input
                 edges += [(edge, self.scheme.output_quantizer(layer)) for edge in weight_edges]
         if edges:
             model = _with_input_quantizers(model, edges)
