@@ -466,3 +466,29 @@ def test_k_bit_activations_stay_off_outputs_and_unquantized_readers():
     assert quantize_layers == ["conv2_input_quantize"]
     for name in ("quant_relu_out", "quant_relu_avg", "quant_relu_last"):
         assert not isinstance(qmodel.get_layer(name).quantize_config, OutputQuantizeConfig), name
+
+
+def test_k_bit_activations_through_a_pooling_layer_shared_with_the_float_model():
+    """tfmot leaves a MaxPooling1D shared between the user's float model and the quantized
+    one, so its node list also holds the readers of every model the user called it in (here
+    an unquantized Dense of another model). Where the K bits go follows the quantized model's
+    own edges: the ReLU read only by the quantized conv (through the pooling) gets the 2-bit
+    quantizer on its output and no input quantizer is inserted."""
+    pool = layers.MaxPooling1D(name="pool")
+    other = keras.Input((14, 4))
+    keras.Model(other, layers.Dense(2, name="other_head")(layers.Flatten()(pool(other))))
+    inputs = keras.Input((16, 3))
+    x = layers.ReLU(name="relu1")(layers.Conv1D(4, 3, name="conv1")(inputs))
+    x = layers.Conv1D(4, 3, name="conv2")(pool(x))
+    x = layers.ReLU(name="relu2")(x)
+    logits = layers.Dense(2, name="last")(layers.Flatten(name="flat")(x))
+    model = keras.Model(inputs, logits)
+    scheme = tfq.schemes.LearnedBasis(weight_bits=2, activation_bits=2, keep_first_last_8bit=False)
+    qmodel = tfq.quantize_model(model, scheme)
+    nodes = qmodel.get_layer("pool")._outbound_nodes
+    assert any(node.outbound_layer not in qmodel.layers for node in nodes)
+    assert [layer.name for layer in qmodel.layers if "input_quantize" in layer.name] == []
+    assert isinstance(qmodel.get_layer("quant_relu1").quantize_config, OutputQuantizeConfig)
+    features = np.random.default_rng(0).normal(size=(32, 16, 3)).astype("float32")
+    probe = keras.Model(qmodel.inputs, qmodel.get_layer("quant_relu1").output)
+    assert np.unique(probe(features).numpy()).size <= 4

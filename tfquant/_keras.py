@@ -237,19 +237,42 @@ def is_quantize_layer(layer):
     return isinstance(layer, QuantizeLayer)
 
 
-def inbound_layer_names(model):
-    """Layer name -> names of the layers feeding it, from the functional model's config (a
+def inbound_edges(model):
+    """`(reader, source, node index, tensor index)` for every input of every layer call of the
+    functional or Sequential `model`, by layer name and numbered as in the model's config (a
     layer shared with another model has nodes there too: its own node lists miss that)."""
     if isinstance(model, keras.Sequential):
         names = [layer.name for layer in model.layers]
-        return {name: names[i - 1 : i] for i, name in enumerate(names)}
-    inbound = {}
+        return [(reader, source, 0, 0) for source, reader in zip(names, names[1:], strict=False)]
+    edges = []
     for layer in model.get_config()["layers"]:
-        sources = []
         for node in layer["inbound_nodes"]:
             node = node["args"] if isinstance(node, dict) else node
-            sources += [item[0] for item in node if isinstance(item, (list, tuple))]
-        inbound[layer["config"]["name"]] = sources
+            for item in node:
+                if isinstance(item, (list, tuple)):
+                    edges.append((layer["config"]["name"], item[0], item[1], item[2]))
+    return edges
+
+
+def output_layer_names(model):
+    """Names of the layers whose outputs are `model`'s outputs, from its config."""
+    if isinstance(model, keras.Sequential):
+        return {model.layers[-1].name}
+
+    def names(entry):
+        if isinstance(entry, (list, tuple)) and entry and isinstance(entry[0], str):
+            return {entry[0]}
+        items = entry.values() if isinstance(entry, dict) else entry
+        return set().union(*(names(item) for item in items))
+
+    return names(model.get_config()["output_layers"])
+
+
+def inbound_layer_names(model):
+    """Layer name -> names of the layers feeding it, in order (see `inbound_edges`)."""
+    inbound = {layer.name: [] for layer in model.layers}
+    for reader, source, _, _ in inbound_edges(model):
+        inbound[reader].append(source)
     return inbound
 
 

@@ -7,7 +7,13 @@ registry and layout transforms.
 
 import tensorflow_model_optimization as tfmot
 
-from tfquant._keras import keras, quantize_layer, tfmot_layout_transforms
+from tfquant._keras import (
+    inbound_edges,
+    keras,
+    output_layer_names,
+    quantize_layer,
+    tfmot_layout_transforms,
+)
 from tfquant.configs.layer import (
     LayerQuantizeConfig,
     OutputQuantizeConfig,
@@ -279,13 +285,18 @@ class _OutputLayout(tfmot.quantization.keras.QuantizeLayoutTransform):
         model, layer_quantize_map = self.scheme.get_layout_transformer().apply(
             model, layer_quantize_map
         )
-        outputs = {id(tensor) for tensor in model.outputs}
+        readers = {}
+        for reader, source, node_index, tensor_index in inbound_edges(model):
+            readers.setdefault(source, []).append((reader, node_index, tensor_index))
+        outputs = output_layer_names(model)
         edges = []
         for layer in model.layers:
             quantizer = self.scheme.output_quantizer(layer)
             if quantizer is None:
                 continue
-            weight_edges, other = self._reads(layer, layer_quantize_map, outputs)
+            weight_edges, other = self._reads(
+                model, layer.name, readers, outputs, layer_quantize_map
+            )
             if not weight_edges:
                 continue
             if not other:
@@ -297,21 +308,24 @@ class _OutputLayout(tfmot.quantization.keras.QuantizeLayoutTransform):
             model = _with_input_quantizers(model, edges)
         return model, layer_quantize_map
 
-    def _reads(self, layer, layer_quantize_map, outputs):
+    def _reads(self, model, name, readers, outputs, layer_quantize_map):
         """`(edges, other)`: the edges `(producer, node index, tensor index, reader)` by which
-        quantized weight layers read `layer`'s output (through level-preserving layers), and
-        whether anything else reads it."""
-        edges, other = [], any(id(t) in outputs for t in _node_outputs(layer))
-        for node in layer._outbound_nodes:
-            reader = node.outbound_layer
+        quantized weight layers read layer `name`'s output (through level-preserving layers),
+        numbered as in the model's config, and whether anything else reads it (another layer
+        or the model's outputs). `readers`: source name -> its `(reader, node index, tensor
+        index)`, from the model's own config, so a layer shared with another model is seen
+        with this model's readers only."""
+        edges, other = [], name in outputs
+        for reader_name, node_index, tensor_index in readers.get(name, []):
+            reader = model.get_layer(reader_name)
             if isinstance(reader, _LEVEL_PRESERVING):
-                more, reader_other = self._reads(reader, layer_quantize_map, outputs)
+                more, reader_other = self._reads(
+                    model, reader_name, readers, outputs, layer_quantize_map
+                )
                 edges += more
                 other = other or reader_other
             elif self._quantized_reader(reader, layer_quantize_map):
-                for source, node_index, tensor_index, _ in node.iterate_inbound():
-                    if source is layer:
-                        edges.append((layer.name, node_index, tensor_index, reader.name))
+                edges.append((name, node_index, tensor_index, reader_name))
             else:
                 other = True
         return edges, other
@@ -323,14 +337,6 @@ class _OutputLayout(tfmot.quantization.keras.QuantizeLayoutTransform):
             and layer.name in layer_quantize_map
             and layer.name not in self.eight_bit_layers
         )
-
-
-def _node_outputs(layer):
-    tensors = []
-    for node in layer._inbound_nodes:
-        outputs = node.outputs
-        tensors += list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
-    return tensors
 
 
 def _with_input_quantizers(model, edges):
