@@ -59,6 +59,23 @@ class _Background:
             self.process.wait()
 
 
+def subclassed_model(inputs=3, units=2):
+    """A built subclassed Keras model (one Dense): what graph-based functions must refuse."""
+    from tfquant._keras import keras
+
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(units)
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Subclassed()
+    model(np.zeros((1, inputs), np.float32))
+    return model
+
+
 def build_quantizer(quantizer, shape, depthwise=False):
     """Builds `quantizer` for a kernel of `shape`, its variables owned by a bare layer."""
     owner = keras.layers.DepthwiseConv2D(3) if depthwise else keras.layers.Layer()

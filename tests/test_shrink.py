@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tfquant as tfq
-from tests.conftest import compile_model
+from tests.conftest import compile_model, subclassed_model
 from tfquant import export
 from tfquant._keras import quantized_weights
 
@@ -183,16 +183,7 @@ def test_bad_inputs(float_model):
     with pytest.raises(ValueError, match="qmodel must be a QAT model"):
         tfq.shrink(float_model)
 
-    class Sub(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.dense = layers.Dense(2)
-
-        def call(self, x):
-            return self.dense(x)
-
-    sub = Sub()
-    sub(np.zeros((1, 3), np.float32))
+    sub = subclassed_model()
     with pytest.raises(ValueError, match="subclassed"):
         tfq.shrink(sub)
 

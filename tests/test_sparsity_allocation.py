@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tfquant as tfq
-from tests.conftest import build_quantizer, compile_model
+from tests.conftest import build_quantizer, compile_model, subclassed_model
 from tests.scripts.write_old_container import SCHEMES, tiny_model, variable_key
 from tfquant import export
 from tfquant._keras import quantized_weights, tf
@@ -425,16 +425,7 @@ def test_channels_come_out_where_shrink_can_remove_them():
     for a, b in zip(before, model.get_weights(), strict=True):  # the user's model untouched
         np.testing.assert_array_equal(a, b)
 
-    class Subclassed(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.inner = keras.layers.Dense(8)
-
-        def call(self, inputs):
-            return self.inner(inputs)
-
-    subclassed = Subclassed()
-    subclassed(np.zeros((1, 4), np.float32))
+    subclassed = subclassed_model(inputs=4, units=8)
     with pytest.raises(ValueError, match="model must be a Sequential or functional float model"):
         plan.shrink(subclassed)
     with pytest.raises(ValueError, match=r"removed\['stem'\] must name channels .* \[0\]"):
