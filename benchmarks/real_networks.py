@@ -31,6 +31,7 @@ import sys
 import time
 
 import numpy as np
+from ai_edge_litert.interpreter import OpResolverType
 
 import tfquant as tfq
 from tfquant import _quiet, export
@@ -127,12 +128,19 @@ def _rows_for(network, float_model, x, y, x_test, y_test, args, log):
 
     def add(name, tfl, keras_model=None, minutes=None, note=None, report=None):
         tflite_logits = run_tflite(tfl, x_test)
+        xnnpack = load_interpreter(tfl, experimental_op_resolver_type=OpResolverType.AUTO)
+        xnnpack_logits = run_tflite(tfl, x_test, interpreter=xnnpack)
         row = {
             "network": network,
             "model": name,
             "bytes": len(tfl),
             "ops": _ops(tfl),
             "tflite_accuracy": float(np.mean(tflite_logits.argmax(-1) == y_test)),
+            # the same file on LiteRT's XNNPACK kernels vs its built-in kernels: how far two
+            # integer runtimes' rounding alone moves the predictions
+            "runtime_agreement": float(
+                np.mean(tflite_logits.argmax(-1) == xnnpack_logits.argmax(-1))
+            ),
             "qat_minutes": minutes,
         }
         if keras_model is not None:
@@ -189,7 +197,8 @@ def _print_table(network, rows, args, header_note):
     tfmot_row, float_row = by_name["tfmot QAT int8"], by_name["float32 (TFLite)"]
     print(f"\n{network}: {header_note}")
     columns = (
-        f"{'model':<24}{'Keras':>7}{'TFLite':>8}{'agree':>8}{'ops':>5}{'MUL':>5}{'ADD':>5}"
+        f"{'model':<24}{'Keras':>7}{'TFLite':>8}{'agree':>8}{'rt':>8}{'ops':>5}{'MUL':>5}"
+        f"{'ADD':>5}"
         f"{'bytes':>10}{'vs tfmot':>9}"
         + "".join(f"{f'µs {t}t':>9}{'/tfmot':>7}{'/float':>7}" for t in args.threads)
     )
@@ -201,6 +210,7 @@ def _print_table(network, rows, args, header_note):
         line = (
             f"{row['model']:<24}{row.get('keras_accuracy', float('nan')):>7.2%}"
             f"{row['tflite_accuracy']:>8.2%}{row.get('agreement', float('nan')):>8.2%}"
+            f"{row['runtime_agreement']:>8.2%}"
             f"{len(row['ops']):>5}{counts['MUL']:>5}{counts['ADD']:>5}{row['bytes']:>10,}"
             f"{row['bytes_vs_tfmot']:>9.3f}"
         )
@@ -222,6 +232,10 @@ def _print_table(network, rows, args, header_note):
                 f"channel, float ops {row['float_ops'] or 'none'}, largest disagreement "
                 f"margin {row['disagreement_margin']:.1f} output steps"
             )
+    print(
+        "  agree: Keras vs the file on LiteRT's built-in kernels; rt: the same file on XNNPACK "
+        "vs the built-in kernels (argmax agreement, test images)"
+    )
     target = TARGET_AGREEMENT[network]
     ours = [row for row, _ in rows if row["model"].startswith("tfquant")]
     verdicts = {
