@@ -61,7 +61,6 @@ class _Background:
 
 def subclassed_model(inputs=3, units=2):
     """A built subclassed Keras model (one Dense): what graph-based functions must refuse."""
-    from tfquant._keras import keras
 
     class Subclassed(keras.Model):
         def __init__(self):

@@ -23,6 +23,7 @@ from tfquant._keras import (
     check_keras2_model,
     inbound_layer_names,
     keras,
+    output_layer_names,
     quantized_weights,
     tf,
 )
@@ -220,11 +221,7 @@ def _needed(qmodel, inbound, values, kernels):
     the least fixed point of the rules in `shrink`'s docstring."""
     layers = qmodel.layers
     needed = {layer.name: np.zeros(_channels(layer), bool) for layer in layers}
-    if isinstance(qmodel, keras.Sequential):
-        outputs = [layers[-1].name]
-    else:
-        outputs = [entry[0] for entry in qmodel.get_config()["output_layers"]]
-    for name in outputs:
+    for name in output_layer_names(qmodel):
         if name in needed:
             needed[name][:] = True
     for layer in layers:  # the model's inputs (and layers fed by them directly) keep every
