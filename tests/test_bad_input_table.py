@@ -264,6 +264,7 @@ CASES = [
     Case("compress keras3", lambda w: tfq.coding.compress(w.keras3_model), TypeError, "Keras 3"),
     Case("compress coder", lambda w: tfq.coding.compress(w.qmodel, coder="zip"), ValueError, "coder"),
     Case("compress non-finite", lambda w: tfq.coding.compress(w.nan_qmodel), ValueError, "NaN or Inf"),
+    Case("compress training state", lambda w: tfq.coding.compress(w.qmodel, include_training_state=1), TypeError, "include_training_state"),
     Case("decompress int", lambda w: tfq.coding.decompress(7, w.qmodel), TypeError, "path_or_bytes"),
     Case("decompress missing", lambda w: tfq.coding.decompress(w.file("no.tfq"), w.qmodel), FileNotFoundError, "no.tfq"),
     Case("decompress empty", lambda w: tfq.coding.decompress(w.file("empty.tfq"), w.qmodel), CompressedFormatError, "container"),

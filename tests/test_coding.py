@@ -284,6 +284,75 @@ def test_clear_errors(float_model, multivalued, fresh_models):
         tfq.coding.Compressed.from_bytes(data, max_elements=1000)  # fc1 has 32768 weights
 
 
+WITHOUT_STATE = {
+    # a schedule in progress: zero interval, frozen weights, intervals and counters all set
+    "multivalued_masked_sparse": lambda: tfq.schemes.Multivalued(
+        bits=3, mode="masked", sparsity=0.5
+    ),
+    "multivalued": lambda: tfq.schemes.Multivalued(bits=2),
+    "ttq_per_channel": SCHEMES["ttq_per_channel"],
+    "lqnets": SCHEMES["lqnets"],
+}
+
+
+@pytest.mark.parametrize("name", list(WITHOUT_STATE))
+def test_container_without_training_state(float_model, digits, name):
+    """`include_training_state=False` leaves out exactly the variables that only steer
+    training, and restores a model that predicts and re-compresses the same even when those
+    variables hold noise in the model restored into (so no forward pass reads them)."""
+    (x, y), (x_test, _) = digits
+    qmodel = tfq.quantize_model(float_model, WITHOUT_STATE[name]())
+    qmodel.compile("adam", "sparse_categorical_crossentropy")
+    callbacks = []
+    if name == "multivalued_masked_sparse":  # every phase done: all weights frozen
+        callbacks = [tfq.callbacks.PhaseAdaptation(epochs_per_phase=0.25, verbose=0)]
+    qmodel.fit(x[:512], y[:512], epochs=2, batch_size=32, verbose=0, callbacks=callbacks)
+    full = tfq.coding.compress(qmodel)
+    lean = tfq.coding.compress(qmodel, include_training_state=False)
+    assert full.include_training_state and not lean.include_training_state
+    assert "include_training_state=False" in repr(lean)
+    assert struct.unpack_from("<H", lean.to_bytes(), 10) == (1,)  # the header flag
+    left_out = [
+        v.name for v in qmodel.weights if "optimizer_step" in v.name or "interval" in v.name
+    ]
+    left_out += [
+        v.name
+        for v in qmodel.weights
+        for key in ("adaptation", "pull_strength", "schedule_step")
+        if v.name.endswith(f"_{key}:0")
+    ]
+    assert len(full.variable_nbytes()) - len(lean.variable_nbytes()) == len(left_out) > 0
+    assert lean.nbytes < full.nbytes
+    assert lean.layers == full.layers
+
+    parsed = tfq.coding.Compressed.from_bytes(lean.to_bytes())
+    assert not parsed.include_training_state
+    target = tfq.quantize_model(digits_cnn(seed=7), WITHOUT_STATE[name]())
+    _scramble(target, seed=3)
+    restored = tfq.coding.decompress(lean.to_bytes(), target)
+    _assert_same_model(restored, qmodel, x_test)
+    again = tfq.coding.compress(restored, include_training_state=False)
+    assert again.to_bytes() == lean.to_bytes()
+    if name == "multivalued_masked_sparse":
+        from tfquant import export
+        from tfquant.export.tflite import run_tflite
+
+        calibration = x[:64]  # same file up to the names the converter numbers
+        files = [export.to_tflite(model, calibration) for model in (restored, qmodel)]
+        assert len(files[0]) == len(files[1])
+        outputs = [run_tflite(tfl, x_test) for tfl in files]
+        np.testing.assert_array_equal(*outputs)
+
+
+def test_container_flags_are_checked(multivalued, fresh_models):
+    data = bytearray(tfq.coding.compress(multivalued, include_training_state=False).to_bytes())
+    data[10:12] = struct.pack("<H", 2)
+    with pytest.raises(CompressedFormatError, match="unknown flags 0x0002"):
+        tfq.coding.decompress(bytes(data), fresh_models["multivalued"])
+    with pytest.raises(TypeError, match="include_training_state must be True or False"):
+        tfq.coding.compress(multivalued, include_training_state="no")
+
+
 def test_partly_frozen_masked_model_warns(float_model):
     qmodel = tfq.quantize_model(float_model, tfq.schemes.Multivalued(bits=3, mode="masked"))
     with pytest.warns(UserWarning, match="are frozen"):

@@ -163,6 +163,14 @@ def test_shrunk_model_compresses_smaller_and_decompresses(network, digits):
     )
     # ... and into a model of the shrunk architecture in place (the ordinary path).
     assert tfq.coding.decompress(blob.to_bytes(), restored) is restored
+    # Without training state, smaller still, and it too rebuilds the shrunk architecture.
+    lean = tfq.coding.compress(shrunk, include_training_state=False)
+    assert lean.nbytes < blob.nbytes
+    fresh = tfq.quantize_model(keras.models.clone_model(model), scheme)
+    np.testing.assert_array_equal(
+        tfq.coding.decompress(lean.to_bytes(), fresh).predict(x_test, verbose=0),
+        shrunk.predict(x_test, verbose=0),
+    )
     if name == "lenet":  # not a shrunk version of the model passed: the error says what fits
         config = model.get_config()  # the same layers, but conv1's kernel is 2x2
         (conv1,) = [c for c in config["layers"] if c["config"]["name"] == "conv1"]

@@ -9,11 +9,13 @@ unsigned LEB128.
     header, 28 bytes, struct "<8sHHIQI":
       8s   magic b"\\x89TFQ\\r\\n\\x1a\\n"
       u16  version = 3
-      u16  flags = 0 (anything else is rejected)
+      u16  flags: 0, or 1 = without training state (version 3; any other bit is rejected)
       u32  record count
       u64  body length: the bytes after the header, exactly
       u32  CRC-32 of the body
-    body: one record per variable of the model, in `model.weights` order
+    body: one record per variable of the model, in `model.weights` order; with flag 1, none
+      for the variables that only steer training (tfmot's `optimizer_step` counters, the
+      quantizers' `training_state`: the schedules' intervals and progress)
       u8      kind: 1 = quantized kernel, 2 = other coded tensor, 3 = raw tensor
       u8      rank (at most 8), then one varint per dimension
       kind 1: varint length + UTF-8 variable name, varint length + UTF-8 quantizer class
@@ -70,6 +72,7 @@ _MAX_RECORDS = 1 << 20
 _MAX_RANK = 8
 _MAX_NAME_BYTES = 4096
 _QUANTIZED, _CODED, _RAW = 1, 2, 3
+_WITHOUT_TRAINING_STATE = 1  # header flag
 # Other float32 variables with at most this many distinct values (the schedules' frozen
 # masks) are coded like kernels when that is smaller than storing them raw.
 _CODED_MAX_DISTINCT = 256
@@ -285,18 +288,41 @@ class _Slot:
         return self.quantizer.num_channels if self.quantizer.per_channel else 1
 
 
-def _slots(model):
+def _slots(model, training_state=True):
+    """One `_Slot` per variable of `model` that a container stores, in `model.weights` order:
+    every variable, or with `training_state=False` all but `_training_only(model)`."""
     kernels = {}
     for _, weight, quantizer, quantizer_vars in quantized_weights(model):
         if isinstance(quantizer, TfquantQuantizer):
             kernels[weight.ref()] = (quantizer, quantizer_vars)
-    slots, seen = [], set()
+    slots, seen = [], set() if training_state else _training_only(model)
     for variable in model.weights:
         if variable.ref() in seen:
             continue
         seen.add(variable.ref())
         slots.append(_Slot(variable, *kernels.get(variable.ref(), (None, None))))
     return slots
+
+
+def _training_only(model):
+    """Refs of the variables of `model` that only steer training: the counters of tfmot's
+    wrappers and input layers (`optimizer_step`, which no forward pass reads) and each tfquant
+    quantizer's `training_state` variables."""
+    import tensorflow_model_optimization as tfmot
+    from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (
+        QuantizeLayer,
+    )
+
+    refs = set()
+    for layer in model.submodules:
+        if isinstance(layer, (tfmot.quantization.keras.QuantizeWrapper, QuantizeLayer)):
+            step = getattr(layer, "optimizer_step", None)
+            if step is not None:
+                refs.add(step.ref())
+    for _, _, quantizer, quantizer_vars in quantized_weights(model):
+        if isinstance(quantizer, TfquantQuantizer):
+            refs.update(quantizer_vars[key].ref() for key in quantizer.training_state)
+    return refs
 
 
 def _hard_values(slot, kernel):
@@ -507,7 +533,9 @@ def _twn_latent(values, channels):
 
 class Compressed:
     """A quantized model, compressed: codebooks plus entropy-coded indices per quantized kernel,
-    every other variable (biases, BatchNorm statistics, quantizer state) stored exactly.
+    every other variable (biases, BatchNorm statistics, quantizer state) stored exactly --
+    except, with `compress(..., include_training_state=False)`, the ones that only steer
+    training.
 
     Made by `tfq.coding.compress(qmodel)` or read back by `Compressed.from_bytes`.
 
@@ -544,11 +572,19 @@ class Compressed:
       True
     """
 
-    def __init__(self, records, data=None, version=VERSION):
+    def __init__(self, records, data=None, version=VERSION, include_training_state=True):
         self._records = list(records)
         self._data = data
         self._version = version
+        self._training_state = bool(include_training_state)
         self._layers = None
+
+    @property
+    def include_training_state(self):
+        """False if the container leaves out the variables that only steer training (see
+        `compress`): it restores a model that predicts and exports the same, but whose
+        schedules start afresh."""
+        return self._training_state
 
     # -- reading -------------------------------------------------------------------------------
     @classmethod
@@ -580,7 +616,8 @@ class Compressed:
                 f"container: version {version} is not supported (this tfquant reads versions "
                 f"{', '.join(map(str, _READABLE_VERSIONS))})"
             )
-        if flags:
+        known = _WITHOUT_TRAINING_STATE if version >= 3 else 0
+        if flags & ~known:
             raise CompressedFormatError(f"container: unknown flags {flags:#06x}")
         body = memoryview(data)[HEADER.size :]
         if length != len(body):
@@ -594,14 +631,16 @@ class Compressed:
         reader = Reader(body, "container")
         records = [_Record.read(reader, max_elements, version) for _ in range(count)]
         reader.expect_end()
-        return cls(records, data, version)
+        return cls(records, data, version, not flags & _WITHOUT_TRAINING_STATE)
 
     # -- writing -------------------------------------------------------------------------------
     def to_bytes(self):
         """The container as bytes (the layout in the module docstring)."""
         if self._data is None:
             body = b"".join(record.to_bytes() for record in self._records)
-            header = HEADER.pack(MAGIC, VERSION, 0, len(self._records), len(body), zlib.crc32(body))
+            flags = 0 if self._training_state else _WITHOUT_TRAINING_STATE
+            checksum = zlib.crc32(body)
+            header = HEADER.pack(MAGIC, VERSION, flags, len(self._records), len(body), checksum)
             self._data = header + body
         return self._data
 
@@ -665,7 +704,9 @@ class Compressed:
     def __repr__(self):
         return (
             f"Compressed(coder={self.coder!r}, layers={len(self._kernels)}, "
-            f"weights={self.float_bytes // 4}, nbytes={self.nbytes}, ratio={self.ratio:.2f})"
+            f"weights={self.float_bytes // 4}, nbytes={self.nbytes}, ratio={self.ratio:.2f}"
+            + ("" if self._training_state else ", include_training_state=False")
+            + ")"
         )
 
     # -- restoring -----------------------------------------------------------------------------
@@ -675,7 +716,7 @@ class Compressed:
         of a `tfq.shrink` result and the unshrunk `model`, into a new model of the shrunk
         architecture, which it returns. See `decompress`."""
         check_keras2_model(model)
-        slots = _slots(model)
+        slots = _slots(model, self._training_state)
         if len(slots) != len(self._records) and self._version < 3:
             slots = _without_center_tuning(model, slots, len(self._records))
         if len(slots) != len(self._records):
@@ -686,7 +727,7 @@ class Compressed:
         if any(
             tuple(s.variable.shape) != r.shape for s, r in zip(slots, self._records, strict=True)
         ):
-            model, slots = _shrunk_model(model, slots, self._records)
+            model, slots = _shrunk_model(model, slots, self._records, self._training_state)
         for index, (slot, record) in enumerate(zip(slots, self._records, strict=True)):
             _check_fits(index, slot, record)
         values = [record.values() for record in self._records]
@@ -719,7 +760,7 @@ def _without_center_tuning(model, slots, count):
     return kept if len(kept) == count else slots
 
 
-def _shrunk_model(model, slots, records):
+def _shrunk_model(model, slots, records, training_state=True):
     """`model` rebuilt with the output channel counts of the container's kernels when it
     holds a `tfq.shrink` result of `model`'s architecture (a new model; `model` is not
     modified), with its slots; else `model` and `slots` unchanged (`_check_fits` then says
@@ -733,7 +774,7 @@ def _shrunk_model(model, slots, records):
         return model, slots
     if shrunk is None:
         return model, slots
-    rebuilt = _slots(shrunk)
+    rebuilt = _slots(shrunk, training_state)
     if len(rebuilt) != len(records):
         return model, slots
     return shrunk, rebuilt
@@ -780,7 +821,7 @@ def _restore_kernel(slot, values):
         )
 
 
-def compress(qmodel, coder="ans"):
+def compress(qmodel, coder="ans", include_training_state=True):
     """Compresses a quantized model: per kernel, a codebook and entropy-coded indices.
 
     Each tfquant-quantized kernel is hard-quantized (`quantizer.hard_quantize`) and stored as
@@ -798,9 +839,22 @@ def compress(qmodel, coder="ans"):
     the shrunk kernels' float32 size; against the original network divide that model's
     `compress(...).float_bytes` (or 4 bytes per original weight) by `nbytes`.
 
+    With `include_training_state=False` (like Keras' `save(..., include_optimizer=False)`)
+    the container leaves out what only steers training: tfmot's `optimizer_step` counters and
+    each quantizer's `training_state` (the multivalued schedules' intervals, adaptation and
+    step counters). What every forward pass and the export read is kept -- kernels, codebook
+    centers, zero thresholds, frozen masks, TTQ scales, LQ-Nets bases, biases, BatchNorm
+    statistics, activation ranges -- so the restored model predicts, exports and
+    re-compresses exactly as `qmodel` does; the left-out variables keep the values of the model
+    you restore into (a fresh `tfq.quantize_model`: no schedule in progress). Use it for
+    shipping weights; keep the default to resume a schedule where it stopped. On LeNet-5 with
+    four multivalued layers it saves a few hundred bytes.
+
     Args:
       qmodel: a model returned by `tfq.quantize_model`.
       coder: "ans" (default; near the entropy bound) or "huffman".
+      include_training_state: False to leave out the variables that only steer training
+        (see above).
 
     Returns:
       A `Compressed`.
@@ -810,7 +864,12 @@ def compress(qmodel, coder="ans"):
     """
     check_keras2_model(qmodel, "qmodel")
     coder = Coder.parse(coder, "coder")
-    slots = _slots(qmodel)
+    if not isinstance(include_training_state, (bool, np.bool_)):
+        raise TypeError(
+            "include_training_state must be True or False. Received: "
+            f"include_training_state={include_training_state!r}"
+        )
+    slots = _slots(qmodel, include_training_state)
     if not any(slot.quantizer is not None for slot in slots):
         raise ValueError(
             "qmodel must be a model returned by tfq.quantize_model. Received: a model with no "
@@ -823,7 +882,8 @@ def compress(qmodel, coder="ans"):
                 "qmodel weights must be finite (did training diverge?). Received: NaN or Inf "
                 f"in {slot.variable.name}"
             )
-    return Compressed([_record_for(slot, coder) for slot in slots])
+    records = [_record_for(slot, coder) for slot in slots]
+    return Compressed(records, include_training_state=include_training_state)
 
 
 def decompress(path_or_bytes, model, max_elements=None):
@@ -834,7 +894,10 @@ def decompress(path_or_bytes, model, max_elements=None):
     `tfq.quantize_model(keras_model, scheme)`). Its quantized kernels get the stored
     hard-quantized values (bit for bit; -0.0 comes back as 0.0), every other variable the
     stored value, so the model's quantizers reproduce the stored values exactly and the model
-    computes what the compressed one did. Nothing is written unless everything fits.
+    computes what the compressed one did. A container written with
+    `include_training_state=False` holds no training-only variables: those keep `model`'s
+    values (`Compressed.include_training_state` says which kind a container is). Nothing is
+    written unless everything fits.
 
     A container of a `tfq.shrink` result stores only the kept channels, and no architecture
     beyond its tensors' shapes: those shapes give every Conv1D / Conv2D / Conv2DTranspose /

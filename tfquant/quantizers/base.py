@@ -134,6 +134,10 @@ class TfquantQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
     per_channel = False
     #: Allowed values per codebook (per channel for per-channel quantizers).
     levels = None
+    #: Keys of the quantizer's variables that only steer training (schedule progress and
+    #: bookkeeping): no forward pass, `hard_quantize`, `grid_step` or export reads them, so
+    #: `tfq.coding.compress(..., include_training_state=False)` leaves them out.
+    training_state = ()
 
     def build(self, tensor_shape, name, layer):
         with tf.init_scope():  # every route to a QAT model builds here (quantize, load, ...)

@@ -381,6 +381,16 @@ class MultivaluedQuantizer(TfquantQuantizer):
                 f"{2 * _INT4_CODES + 1}. Received: {given} with int4_grid=True"
             )
 
+    # The schedules' progress: the MPA intervals and the pull/adaptation bookkeeping.
+    training_state = (
+        "interval_bounds",
+        "interval_done",
+        "adapting_interval",
+        "adaptation",
+        "pull_strength",
+        "schedule_step",
+    )
+
     @property
     def grid_codes(self):
         """Largest code of the grid the centers live on: 7 with `int4_grid`, else 127."""
