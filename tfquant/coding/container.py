@@ -570,6 +570,9 @@ class Compressed:
       >>> x = np.ones((1, 32), np.float32)
       >>> bool(np.array_equal(restored(x).numpy(), qmodel(x).numpy()))
       True
+      >>> lean = tfq.coding.compress(qmodel, include_training_state=False)  # for shipping
+      >>> lean.include_training_state, lean.nbytes < tfq.coding.compress(qmodel).nbytes
+      (False, True)
     """
 
     def __init__(self, records, data=None, version=VERSION, include_training_state=True):
