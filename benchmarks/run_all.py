@@ -17,6 +17,7 @@ import argparse
 import datetime
 import os
 import platform
+import shlex
 import subprocess
 import sys
 
@@ -423,7 +424,7 @@ def _run(name, quick, table_only=False):
         return False
     stamp = datetime.date.today().isoformat()
     header = (
-        f"# python {' '.join(command + arguments)}   ({stamp}, "
+        f"# python {shlex.join(command + arguments)}   ({stamp}, "
         f"{'quick' if quick else 'full'} settings, {os.cpu_count()} CPU cores, "
         f"{platform.machine()})\n"
     )
