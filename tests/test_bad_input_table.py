@@ -259,6 +259,11 @@ CASES = [
     Case("load_model compile", lambda w: tfq.load_model(w.file("saved"), compile="yes"), TypeError, "compile"),
     Case("load_model flipped variables", lambda w: tfq.load_model(w.file("saved_flipped_variables")), ValueError, "saved_flipped_variables"),
     # -- coding ----------------------------------------------------------------------------
+    Case("Distiller temperature", lambda w: tfq.Distiller(w.qmodel, w.float_model, temperature=-1), ValueError, "temperature"),
+    Case("Distiller same model", lambda w: tfq.Distiller(w.qmodel, w.qmodel), ValueError, "teacher"),
+    Case("Distiller keras3", lambda w: tfq.Distiller(w.qmodel, w.keras3_model), TypeError, "teacher"),
+    Case("compress distiller", lambda w: tfq.coding.compress(tfq.Distiller(w.qmodel, w.float_model)), ValueError, "qmodel.student"),
+    Case("to_tflite distiller", lambda w: export.to_tflite(tfq.Distiller(w.qmodel, w.float_model), None), ValueError, "qmodel.student"),
     Case("compress float", lambda w: tfq.coding.compress(w.float_model), ValueError, "qmodel"),
     Case("compress str", lambda w: tfq.coding.compress("x"), TypeError, "qmodel"),
     Case("compress keras3", lambda w: tfq.coding.compress(w.keras3_model), TypeError, "Keras 3"),
@@ -376,7 +381,7 @@ def test_the_table_covers_every_public_entry_point():
     entry_points = [
         "quantize_model", "quantize_apply", "annotate", "Multivalued", "Ternary", "LearnedBasis",
         "Uniform", "PhaseAdaptation", "IntervalContraction", "PartitionRounds",
-        "IncrementalLayers", "GradualPruning", "summary", "load_model", "compress", "decompress", "to_tflite",
+        "IncrementalLayers", "GradualPruning", "Distiller", "summary", "load_model", "compress", "decompress", "to_tflite",
         "check_tflite", "benchmark", "edgetpu_report", "micro_report", "load ",
     ]  # fmt: skip
     assert [e for e in entry_points if e not in names] == []

@@ -10,6 +10,7 @@ Import tfquant before TensorFlow: it pins `tf.keras` to Keras 2 (tf_keras), whic
 from tfquant import callbacks, coding, configs, quantizers, regularizers, schemes  # noqa: E402
 from tfquant._keras import keras, tf  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS)
 from tfquant.allocation import BitPlan, allocate_bits  # noqa: E402
+from tfquant.distillation import Distiller  # noqa: E402
 from tfquant.quantize import quantize_annotate_layer, quantize_apply, quantize_model  # noqa: E402
 from tfquant.saving import load_model  # noqa: E402
 from tfquant.shrink import ShrinkReport, shrink  # noqa: E402
@@ -46,4 +47,5 @@ __all__ = [
     "load_model",
     "shrink",
     "ShrinkReport",
+    "Distiller",
 ]

@@ -37,18 +37,28 @@ if not tf.keras.__name__.startswith("tf_keras"):
     raise ImportError(f"{_FIX} Received: tf.keras is {tf.keras.__name__} (Keras 3).")
 
 
-def check_keras2_model(model, argument="model"):
+def check_keras2_model(model, argument="model", distiller=False):
     """Raises a clear error unless `model` is a built tf_keras (Keras 2) model.
 
     Args:
       model: the object a user passed.
       argument: the argument name to mention in the error.
+      distiller: whether a `tfq.Distiller` is accepted (schedules and summaries act on its
+        student); elsewhere (export, compress, shrink, quantize) it is refused with the fix,
+        pass its student.
 
     Raises:
       TypeError: `model` is a Keras 3 model or not a Keras model at all.
-      ValueError: `model` has not been built (it has no weights yet).
+      ValueError: `model` has not been built (it has no weights yet), or is a `tfq.Distiller`
+        where one is not accepted.
     """
     if isinstance(model, keras.Model):
+        if not distiller and trained_model(model) is not model:
+            raise ValueError(
+                f"{argument} is a tfq.Distiller, which holds a teacher as well: pass its "
+                f"student ({argument}.student), the quantized model it trains. Received: "
+                f"{type(model).__name__} {model.name!r}"
+            )
         if not model.built:
             raise ValueError(
                 f"{argument} must be a built model: call it on data or give it an Input "
@@ -175,6 +185,13 @@ def _make_quantized_models_loadable():
 _make_quantized_models_loadable()
 
 
+def trained_model(model):
+    """The model whose quantizers `fit` on `model` trains: `model` itself, or the student of a
+    `tfq.Distiller` (so that schedules and summaries given the distiller act on the student)."""
+    student = getattr(model, "_tfquant_student", None)
+    return model if student is None else student
+
+
 def quantized_weights(model):
     """Yields `(wrapper, weight, quantizer, quantizer_vars)` for every quantized weight.
 
@@ -183,7 +200,7 @@ def quantized_weights(model):
     """
     import tensorflow_model_optimization as tfmot
 
-    for layer in model.layers:
+    for layer in trained_model(model).layers:
         if isinstance(layer, tfmot.quantization.keras.QuantizeWrapper):
             for weight, quantizer, quantizer_vars in layer._weight_vars:
                 yield layer, weight, quantizer, quantizer_vars
@@ -197,7 +214,7 @@ def quantized_activations(model):
     """
     import tensorflow_model_optimization as tfmot
 
-    for layer in model.layers:
+    for layer in trained_model(model).layers:
         if isinstance(layer, tfmot.quantization.keras.QuantizeWrapper):
             for activation in layer._quantize_activations:
                 variables = getattr(activation, "_post_activation_vars", None)

@@ -142,7 +142,7 @@ def summary(qmodel, print_fn=print):
       TypeError: `qmodel` is not a tf_keras model, or `print_fn` is not callable.
       ValueError: `qmodel` is unbuilt or has no tfquant quantizer.
     """
-    check_keras2_model(qmodel, "qmodel")
+    check_keras2_model(qmodel, "qmodel", distiller=True)
     if print_fn is not None and not callable(print_fn):
         raise TypeError(
             f"print_fn must be a function of one string, or None. Received: print_fn={print_fn!r}"

@@ -47,7 +47,7 @@ def multivalued_layers(model, keep):
     Raises:
       TypeError: not a tf_keras model (e.g. a Keras 3 one).
     """
-    check_keras2_model(model)
+    check_keras2_model(model, distiller=True)
     layers, others = [], []
     for wrapper, weight, quantizer, state in quantized_weights(model):
         if isinstance(quantizer, MultivaluedQuantizer) and keep(quantizer):

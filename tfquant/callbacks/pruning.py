@@ -8,7 +8,7 @@ the network trains. `GradualPruning` drives each layer's zero interval that way.
 
 import numpy as np
 
-from tfquant._keras import keras, tf
+from tfquant._keras import keras, tf, trained_model
 from tfquant.callbacks.base import AfterStep, batches_per_epoch, multivalued_layers, say
 from tfquant.callbacks.base import check_steps_per_epoch as _check_steps_per_epoch
 from tfquant.options import Division, Mode, Structure
@@ -336,7 +336,7 @@ class GradualPruning(keras.callbacks.Callback):
                     variables[0].assign(kernel_mask)
                     variables[1].assign(bias_mask)
             self._biases = [
-                getattr(self.model.get_layer(layer.name).layer, "bias", None)
+                getattr(trained_model(self.model).get_layer(layer.name).layer, "bias", None)
                 for layer in self._layers
             ]
         self._after_step.install(self.model, self._count, (self.structure.value,))
