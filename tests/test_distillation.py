@@ -177,3 +177,17 @@ def test_bad_models_are_named(float_model):
         tfq.Distiller(float_model, two)
     with pytest.raises(TypeError, match="student"):
         tfq.Distiller("model.keras", float_model)
+
+
+@pytest.mark.parametrize("name", ["distiller.keras", "distiller_savedmodel"])
+def test_saved_distiller_loads_and_predicts_the_same(float_model, digits, tmp_path, name):
+    (x, y), _ = digits
+    student = tfq.quantize_model(float_model, tfq.schemes.Multivalued(bits=2))
+    distiller = tfq.Distiller(student, float_model, temperature=2.0)
+    distiller.compile("adam", LOSS)
+    distiller.fit(x[:128], y[:128], verbose=0)
+    distiller.save(tmp_path / name)
+    loaded = tfq.load_model(str(tmp_path / name))
+    assert isinstance(loaded, tfq.Distiller) and loaded.temperature == 2.0
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), distiller.predict(x, verbose=0))
+    assert tfq.summary(loaded, print_fn=None) == tfq.summary(student, print_fn=None)

@@ -94,8 +94,9 @@ class Distiller(keras.Model):
         self.from_logits = bool(from_logits)
         self._loss_tracker = keras.metrics.Mean(name="loss")
         self._distillation_tracker = keras.metrics.Mean(name="distillation_loss")
-        # built now (its variables are the two models'), so schedules can read it before `fit`
-        self.build(student.inputs[0].shape)
+        # Called once now: built (its variables are the two models'), so schedules can read it
+        # before `fit`, and with an input signature, so it saves as a SavedModel.
+        self(keras.Input(type_spec=student.inputs[0].type_spec))
 
     @property
     def _tfquant_student(self):  # read by tfquant._keras.trained_model
@@ -120,7 +121,7 @@ class Distiller(keras.Model):
     def _objective(self, x, y, sample_weight, training):
         """The step's outputs, its loss (see the module docstring) and the mean soft term."""
         teacher_outputs = self.teacher(x, training=False)
-        outputs = self.student(x, training=training)
+        outputs = self(x, training=training)
         hard = self.compiled_loss(y, outputs, sample_weight)
         soft = tf.reduce_mean(self.distillation_loss(outputs, teacher_outputs))
         loss = self.alpha * hard + (1.0 - self.alpha) * soft
