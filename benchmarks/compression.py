@@ -33,6 +33,7 @@ import json
 import math
 import os
 import time
+import typing
 
 import numpy as np
 
@@ -93,11 +94,26 @@ EXTRA_RECIPES = {
 }
 
 
+class Structured(typing.NamedTuple):
+    """A structured recipe: zero intervals and levels per layer, the group-lasso strength on
+    the float start (0: none), `GradualPruning`'s structure, and whether the fine-tuning
+    distils from the float net (`tfq.Distiller`, Hinton et al. 2015)."""
+
+    layers: dict
+    group_lasso: float
+    structure: str = "weight"
+    distill: bool = False
+
+
+#: `tfq.Distiller`'s settings in the distilled recipes.
+DISTILLATION = {"temperature": 4.0, "alpha": 0.5}
+
+
 def _channel_recipe(conv_fraction):
     """A LeNet-5 channel-pruning recipe: `conv_fraction` of conv1's and conv2's filters and 85 %
     of fc1's units removed by L2 norm, 8 levels everywhere, no group lasso."""
     layers = {"conv1": conv_fraction, "conv2": conv_fraction, "fc1": 0.85, "fc2": 0.0}
-    return (
+    return Structured(
         {name: {"levels": 8, "sparsity": fraction} for name, fraction in layers.items()},
         0.0,
         "channel",
@@ -110,13 +126,23 @@ def _channel_recipe(conv_fraction):
 #: `tfq.regularizers.with_group_lasso`) so that magnitude pruning empties whole units.
 #: "channels": `GradualPruning(structure="channel")` removes whole channels by L2 norm (Li et
 #: al. 2017), each layer's sparsity being its fraction of channels, for speed rather than
-#: size. `tfq.shrink` then removes the empty channels and the inputs that read them; the
+#: size. "structured kd": a structured recipe fine-tuned by `tfq.Distiller` against the float
+#: net (DISTILLATION's settings), which holds the accuracy a stronger penalty costs.
+#: `tfq.shrink` then removes the empty channels and the inputs that read them; the
 #: container stores the shrunk model, its ratio is to the full net's float kernels.
 STRUCTURED_RECIPES = {
-    "lenet300_100": {"structured": (RECIPES["lenet300_100"], 4e-5, "weight")},
+    "lenet300_100": {
+        "structured": Structured(RECIPES["lenet300_100"], 4e-5),
+        # distilled: the teacher keeps more units alive, so fc1's zero interval is wider
+        # (96 %, "recipe 80x") and the penalty half as strong
+        "structured kd": Structured(
+            EXTRA_RECIPES["lenet300_100"]["recipe 80x"], 2e-5, distill=True
+        ),
+    },
     "lenet5": {
-        "structured": (EXTRA_RECIPES["lenet5"]["recipe 200x"], 4e-5, "weight"),
-        "structured strong": (EXTRA_RECIPES["lenet5"]["recipe 200x"], 1e-4, "weight"),
+        "structured": Structured(EXTRA_RECIPES["lenet5"]["recipe 200x"], 4e-5),
+        "structured strong": Structured(EXTRA_RECIPES["lenet5"]["recipe 200x"], 1e-4),
+        "structured kd": Structured(EXTRA_RECIPES["lenet5"]["recipe 200x"], 1.5e-4, distill=True),
         "channels": _channel_recipe(0.65),
         # 70 % of the conv channels (conv1 20 -> 6, conv2 50 -> 15): for issue 22's latency
         # target (<= 0.35x the full int8 model's), which 65 % missed at 0.36x.
@@ -335,14 +361,19 @@ def evaluate_row(
     shrink=False,
     structure="weight",
     float_bytes=None,
+    teacher=None,
 ):
     """Fine-tunes `qmodel` (snap: STE with pruned weights held at 0; mpa: PhaseAdaptation,
     zero interval first, over the same epochs), then measures accuracy and both containers
     (with `shrink`, of `tfq.shrink(qmodel)`, against the full net's float kernel bytes;
-    `float_bytes` gives those bytes for a `qmodel` that is already smaller than the net)."""
+    `float_bytes` gives those bytes for a `qmodel` that is already smaller than the net;
+    with a `teacher`, the fine-tuning is a `tfq.Distiller`'s with DISTILLATION's settings)."""
     start = time.perf_counter()
     learning_rate = _learning_rate(args, args.epochs, len(train[1]))
     compile_classifier(qmodel, learning_rate)
+    trainer = qmodel
+    if teacher is not None:
+        trainer = compile_classifier(tfq.Distiller(qmodel, teacher, **DISTILLATION), learning_rate)
     callbacks = []
     if args.schedule == "prune":
         end = max(1.0, 2.0 * args.epochs / 3.0)
@@ -360,7 +391,7 @@ def evaluate_row(
         )
         callbacks = [schedule]
     if args.epochs:
-        qmodel.fit(*train, epochs=args.epochs, batch_size=128, verbose=0, callbacks=callbacks)
+        trainer.fit(*train, epochs=args.epochs, batch_size=128, verbose=0, callbacks=callbacks)
     if args.float16:
         tfq.coding.round_to_float16(qmodel)  # before measuring: the accuracy is of what is stored
     accuracy = _accuracy(qmodel, *test)
@@ -495,19 +526,38 @@ def run_model(name, args):
             seeded()
             qmodel = tfq.quantize_model(model, _scheme(settings, args))
             add(evaluate_row(name, label, qmodel, train, test, float_accuracy, args))
-        for label, (settings, strength, structure) in STRUCTURED_RECIPES.get(name, {}).items():
+        for label, recipe in STRUCTURED_RECIPES.get(name, {}).items():
             if not _selected(name, label, args):
                 continue
-            if structure == "channel" and args.schedule != "prune":
+            if recipe.structure == "channel" and args.schedule != "prune":
                 print(f"{name}: {label} skipped: channel pruning needs --schedule prune")
                 continue
             seeded()
+            strength = recipe.group_lasso
             start = tfq.regularizers.with_group_lasso(model, strength) if strength else model
-            qmodel = tfq.quantize_model(start, _scheme(settings, args))
+            qmodel = tfq.quantize_model(start, _scheme(recipe.layers, args))
+            teacher = model if recipe.distill else None
             row = evaluate_row(
-                name, label, qmodel, train, test, float_accuracy, args, True, structure
+                name,
+                label,
+                qmodel,
+                train,
+                test,
+                float_accuracy,
+                args,
+                True,
+                recipe.structure,
+                teacher=teacher,
             )
-            add({**row, "group_lasso": strength, "structure": structure})
+            distillation = DISTILLATION if recipe.distill else None
+            add(
+                {
+                    **row,
+                    "group_lasso": strength,
+                    "structure": recipe.structure,
+                    "distillation": distillation,
+                }
+            )
         if args.tfmot:
             seeded()
             add(

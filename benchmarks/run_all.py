@@ -203,6 +203,23 @@ BENCHMARKS = {
         ],
         ["--models", "lenet5", "--recipes", "structured", *_QUICK_STRUCTURED],
     ),
+    "structured_kd": (
+        "Structured pruning distilled from the float net (tfq.Distiller, 3 seeds)",
+        ["benchmarks/compression.py"],
+        [
+            "--models",
+            "lenet300_100",
+            "lenet5",
+            "--recipes",
+            "structured kd",
+            *_SEEDED_LENETS[:2],
+            "--model-epochs",
+            "lenet300_100=48",
+            "lenet5=40",
+            *_SEEDED_LENETS[4:],
+        ],
+        ["--models", "lenet5", "--recipes", "structured kd", *_QUICK_STRUCTURED],
+    ),
     "structured_channels": (
         "Channel pruning for speed: LeNet-5 at 70 % of the conv channels (3 seeds)",
         ["benchmarks/compression.py"],
