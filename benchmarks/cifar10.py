@@ -23,6 +23,13 @@ their cluster, and at the shared rate they collapse ("tfmot cluster 4 lr.01": tf
 `cluster_weights` on the whole model as documented, 1-3 distinct values left per layer and
 chance accuracy), still at a tenth of it ("tfmot cluster 4 lr.001").
 
+The "channels" rows (issue 22's stretch) remove `CHANNEL_FRACTION` of every residual
+block's inner channels by L2 norm (`GradualPruning(structure="channel")` over the first 2/3
+of the epochs, 3-bit snapped weights elsewhere as "naive 3-bit"; "KD": fine-tuned by
+`tfq.Distiller` from the float baseline), then `tfq.shrink`; their Keras and TFLite columns
+are the shrunk model's, and a second table gives the channels kept, the multiply-accumulates
+per image, and both int8 files' bytes and host latency (1 thread).
+
 A run measures the rows not yet stored for its settings (`--rows` names rows to measure again,
 `--rerun` measures every row) and stores each record in the JSON as soon as it finishes (with
 the date, settings and machine); the table printed at the end holds every stored row measured
@@ -120,7 +127,19 @@ ROWS = {
         lambda: tfq.schemes.LearnedBasis(weight_bits=2, activation_bits=2),
         None,
     ),
+    # Structured pruning (issue 22's stretch: half the FLOPs at <= 1 pt): CHANNEL_FRACTION of
+    # the inner channels of every residual block (the first conv's filters, its BatchNorm
+    # channels and the second conv's inputs) removed by L2 norm with
+    # GradualPruning(structure="channel") while 3-bit snapped weights train, then tfq.shrink;
+    # "KD" rows fine-tune with tfq.Distiller from the float baseline.
+    "channels 3-bit": ("tfquant_channels", False, None),
+    "channels 3-bit KD": ("tfquant_channels", True, None),
 }
+
+#: The fraction of each residual block's inner channels the "channels" rows remove: the
+#: blocks hold all but ~1 % of ResNet-20's multiply-accumulates and both of a block's convs
+#: scale with its inner width, so 0.55 (16 -> 7, 32 -> 14, 64 -> 29 channels) removes ~54 %.
+CHANNEL_FRACTION = 0.55
 
 
 def _progress(line):
@@ -188,6 +207,84 @@ class _RunningClock:
         return self._seconds / 60
 
 
+def multiply_accumulates(model):
+    """Multiply-accumulates of one image through `model`'s Conv2D, DepthwiseConv2D and Dense
+    layers (QAT wrappers included), from their configs and output shapes."""
+    total = 0
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer)
+        if not isinstance(
+            inner, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+        ):
+            continue
+        out = layer.output_shape
+        cin = layer.input_shape[-1]
+        if isinstance(inner, keras.layers.Dense):
+            total += cin * out[-1]
+            continue
+        window = int(np.prod(inner.kernel_size))
+        per_output = window if isinstance(inner, keras.layers.DepthwiseConv2D) else window * cin
+        total += int(np.prod(out[1:])) * per_output
+    return total
+
+
+def _inner_convs(float_model):
+    """The first conv of every residual block of the zoo's ResNet-20: the convs after the
+    stem, every other one (their outputs feed only the block's second conv)."""
+    convs = [layer.name for layer in float_model.layers if type(layer) is keras.layers.Conv2D]
+    return convs[1::2]
+
+
+def _latency(files, rounds=5):
+    """Median µs of each int8 file (1 thread, interleaved rounds)."""
+    times = {key: [] for key in files}
+    for _ in range(rounds):
+        for key, tfl in files.items():
+            times[key].append(export.benchmark(tfl, runs=100, warmup=20, threads=1)["median_us"])
+    return {key: float(np.median(values)) for key, values in times.items()}
+
+
+def _channels_row(float_model, distill, data, args, record):
+    """The "channels" rows: prune, shrink, export both int8 files, count and time them."""
+    (x, y), (x_test, y_test) = data
+    pruned = {name: {"sparsity": CHANNEL_FRACTION} for name in _inner_convs(float_model)}
+    scheme = tfq.schemes.Multivalued(bits=3, mode="snap", keep_first_last_8bit=True, layers=pruned)
+    model = tfq.quantize_model(float_model, scheme)
+    pruning = tfq.callbacks.GradualPruning(
+        end_epoch=2.0 * args.epochs / 3.0, frequency=100, verbose=0, structure="channel"
+    )
+    trainer = tfq.Distiller(model, float_model) if distill else model
+    _fit(trainer, x, y, args, [pruning])
+    shrunk, report = tfq.shrink(model)
+    calibration = x[:200]
+    files = {
+        "full": export.to_tflite(model, calibration),
+        "shrunk": export.to_tflite(shrunk, calibration),
+    }
+    latency = _latency(files)
+    before, after = multiply_accumulates(model), multiply_accumulates(shrunk)
+    coded = tfq.coding.compress(shrunk).to_bytes()
+    float_bytes = 4 * sum(int(np.prod(w.shape)) for w in float_model.weights)
+    record.update(
+        channel_fraction=CHANNEL_FRACTION,
+        distillation=distill,
+        channels=report.get_config()["channels"],
+        macs_full=before,
+        macs_shrunk=after,
+        flops_removed=1.0 - after / before,
+        pruned_keras_accuracy=_keras_accuracy(model, x_test, y_test),
+        tflite_bytes_full=len(files["full"]),
+        tflite_bytes_shrunk=len(files["shrunk"]),
+        latency_us_full=latency["full"],
+        latency_us_shrunk=latency["shrunk"],
+        latency_ratio=latency["shrunk"] / latency["full"],
+        coded_bytes=len(coded),
+        ratio=float_bytes / len(coded),
+        distinct_per_layer=[r.distinct for r in tfq.summary(shrunk, print_fn=None)],
+    )
+    return shrunk, files["shrunk"]
+
+
 def _run_row(name, float_model, data, args):
     kind, option, schedule = ROWS[name]
     (x, y), (x_test, y_test) = data
@@ -213,6 +310,8 @@ def _run_row(name, float_model, data, args):
             if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
         ]
         tfl = None
+    elif kind == "tfquant_channels":
+        model, tfl = _channels_row(float_model, option, data, args, record)
     elif kind == "qkeras":
         record["skipped"] = peers.qkeras_missing()
         if record["skipped"]:
@@ -277,11 +376,41 @@ def _print_table(records, settings):
     skipped = [r for r in records.values() if r.get("settings") == settings and "skipped" in r]
     for record in skipped:
         print(f"{record['row']}: not measured: {record['skipped']}")
+    _print_channels([r for r in rows if "flops_removed" in r], reference)
     missing = [n for n in ROWS if not any(r["row"] == n for r in rows)]
     if missing:
         print(f"rows not measured yet with these settings: {', '.join(missing)}")
     if reference is not None:
         _print_targets({r["row"]: r["keras_accuracy"] for r in rows}, reference)
+
+
+def _print_channels(rows, reference):
+    """The structured rows: channels kept, FLOPs, both int8 files' bytes and host latency,
+    and issue 22's stretch target (>= 50 % of the FLOPs removed at <= 1 pt drop)."""
+    if not rows:
+        return
+    print(
+        "structured rows (tfq.shrink of the pruned QAT model; Keras and TFLite columns above "
+        "are the shrunk model's): block inner channels kept, multiply-accumulates per image, "
+        "int8 .tflite bytes and host latency (1 thread, median of 5 interleaved rounds) of the "
+        "full and the shrunk file"
+    )
+    for r in rows:
+        kept = [after for before, after in r["channels"].values() if before != after]
+        drop = None if reference is None else 100 * (reference - r["keras_accuracy"])
+        print(
+            f"  {r['row']}: inner channels kept {kept}; MACs {r['macs_full']:,} -> "
+            f"{r['macs_shrunk']:,} ({r['flops_removed']:.1%} removed); pruned Keras "
+            f"{r['pruned_keras_accuracy']:.2%}; .tflite {r['tflite_bytes_full']:,} -> "
+            f"{r['tflite_bytes_shrunk']:,} B; latency {r['latency_us_full']:.0f} -> "
+            f"{r['latency_us_shrunk']:.0f} us ({r['latency_ratio']:.2f}x)"
+        )
+        if drop is not None:
+            met = r["flops_removed"] >= 0.5 and drop <= 1.0
+            print(
+                f"    target >= 50 % FLOPs removed at <= 1 pt drop: {r['flops_removed']:.1%} at "
+                f"{drop:.2f} pt ({'met' if met else 'MISSED'})"
+            )
 
 
 # The issue's targets on Keras accuracy: (row, the row it is compared with or None for float,

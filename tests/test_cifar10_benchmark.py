@@ -70,3 +70,34 @@ def test_quick_rows_accumulate(tmp_path, run):
     before = path.read_text()
     assert run([], path, "--table") == table.replace(f"wrote {path}\n", "")
     assert path.read_text() == before
+
+
+def test_quick_channel_rows(tmp_path, run, cifar10):
+    path = tmp_path / "cifar10.json"
+    table = run(["float", "channels 3-bit KD"], path)
+    row = next(r for r in json.loads(path.read_text())["rows"] if r["row"] == "channels 3-bit KD")
+    # every block's first conv (every other conv after the stem) lost CHANNEL_FRACTION of its
+    # filters and nothing else was cut
+    convs = [name for name in row["channels"] if "conv" in name]
+    assert len(convs) == 19
+    changed = {name: tuple(kept) for name, kept in row["channels"].items() if kept[0] != kept[1]}
+    assert sorted(changed) == sorted(convs[1::2])
+    for before, after in changed.values():
+        assert after == before - round(cifar10.CHANNEL_FRACTION * before)
+    assert 0.5 < row["flops_removed"] < 0.6
+    assert row["macs_shrunk"] < row["macs_full"]
+    assert row["tflite_bytes_shrunk"] < row["tflite_bytes_full"]
+    assert row["latency_us_shrunk"] > 0 and row["distillation"] is True
+    assert 0.0 <= row["tflite_accuracy"] <= 1.0
+    assert "channels 3-bit KD: inner channels kept" in table
+    assert "target >= 50 % FLOPs removed at <= 1 pt drop" in table
+
+
+def test_multiply_accumulates(cifar10):
+    keras = cifar10.keras
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)  # 64 * 4 * 27
+    x = keras.layers.DepthwiseConv2D(3, strides=2, padding="same")(x)  # 16 * 4 * 9
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(10)(x))  # 4 * 10
+    assert cifar10.multiply_accumulates(model) == 64 * 4 * 27 + 16 * 4 * 9 + 40

@@ -231,6 +231,37 @@ def test_structured_gradual_pruning_then_shrink(float_model, digits):
     _check_export(shrunk, digits)
 
 
+def test_channel_pruning_through_batchnorm_then_shrink(digits):
+    # Conv + BatchNorm + ReLU with positive BatchNorm offsets: a pruned filter alone would
+    # leave its channel at the constant beta > 0 after the ReLU, which shrink must keep.
+    # Channel pruning holds the BatchNorm's gamma and beta at 0 on the pruned channels too.
+    (x, y), _ = digits
+    inputs = keras.Input((8, 8, 1))
+    h = inputs
+    for index in (1, 2):
+        h = layers.Conv2D(8, 3, padding="same", use_bias=False, name=f"conv{index}")(h)
+        h = layers.BatchNormalization(name=f"bn{index}", beta_initializer="ones")(h)
+        h = layers.ReLU(name=f"relu{index}")(h)
+    h = layers.GlobalAveragePooling2D(name="gap")(h)
+    model = _fit(keras.Model(inputs, layers.Dense(10, name="logits")(h)), digits)
+    scheme = tfq.schemes.Multivalued(bits=3, sparsity=0.5, layers={"logits": {"sparsity": 0.0}})
+    qmodel = compile_model(tfq.quantize_model(model, scheme))
+    pruning = tfq.callbacks.GradualPruning(end_epoch=1, frequency=5, verbose=0, structure="channel")
+    qmodel.fit(x[:512], y[:512], epochs=2, batch_size=32, verbose=0, callbacks=[pruning])
+    kernels = {wrapper.name: kernel.numpy() for wrapper, kernel, _, _ in quantized_weights(qmodel)}
+    for index in (1, 2):
+        dead = np.all(kernels[f"quant_conv{index}"] == 0, axis=(0, 1, 2))
+        assert dead.sum() == 4
+        norm = qmodel.get_layer(f"quant_bn{index}").layer
+        assert np.all(norm.gamma.numpy()[dead] == 0) and np.all(norm.beta.numpy()[dead] == 0)
+        assert np.all(norm.beta.numpy()[~dead] != 0)  # the kept channels' offsets train on
+    shrunk, report = tfq.shrink(qmodel)
+    assert report.removed == {"quant_conv1": 4, "quant_conv2": 4}
+    assert shrunk.get_layer("quant_bn2").layer.gamma.shape == (4,)
+    _check_identical(qmodel, shrunk, digits, exact=False)
+    _check_export(shrunk, digits, 0.9)
+
+
 def test_structure_option():
     pruning = tfq.callbacks.GradualPruning(end_epoch=1, structure="channel")
     clone = tfq.callbacks.GradualPruning.from_config(pruning.get_config())

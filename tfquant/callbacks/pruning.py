@@ -8,7 +8,7 @@ the network trains. `GradualPruning` drives each layer's zero interval that way.
 
 import numpy as np
 
-from tfquant._keras import keras, tf, trained_model
+from tfquant._keras import inbound_edges, inbound_layer_names, keras, tf, trained_model
 from tfquant.callbacks.base import AfterStep, batches_per_epoch, multivalued_layers, say
 from tfquant.callbacks.base import check_steps_per_epoch as _check_steps_per_epoch
 from tfquant.options import Division, Mode, Structure
@@ -116,12 +116,16 @@ class GradualPruning(keras.callbacks.Callback):
     al. 2017 ("Pruning Filters for Efficient ConvNets", smallest L2 norm first): each layer's
     `sparsity` is then the fraction of its channels, and at every update the s(step) fraction
     of channels with the smallest L2 kernel norm (channels already all zero first) is set to
-    exactly 0, and so is its bias (Li et al. remove the filter with its bias), so that
-    after a ReLU it outputs exactly 0 (a BatchNormalization after the layer still adds its
-    offset: `tfq.shrink` removes such a channel only where the activation maps that constant
-    to 0). The zero interval is [-0, 0] (t = 0): exactly the pruned channels' weights
+    exactly 0, and so are its bias and, where a BatchNormalization reads only this layer
+    (Conv2D + BatchNorm + ReLU), that channel's `gamma` and `beta` (Li et al. remove the
+    filter with its bias and its BatchNorm channel): the channel's output is then exactly 0
+    in training and inference, where the BatchNorm would otherwise add its offset `beta`,
+    and `tfq.shrink` removes it. (A BatchNorm that also reads other layers keeps its
+    offsets: `tfq.shrink` removes such a channel only where the activation maps that
+    constant to 0.) The zero interval is [-0, 0] (t = 0): exactly the pruned channels' weights
     quantize to the zero center and get no gradient, and after every batch the pruned
-    channels and biases are set to 0 again, so the optimizer's momentum cannot move them. The other
+    channels, biases and BatchNorm scales and offsets are set to 0 again, so the optimizer's
+    momentum cannot move them. The other
     `levels` - 1 centers are re-divided over the remaining weights. `tfq.shrink` then
     removes the pruned channels. A resumed run finds its pruned channels from the kernels
     (the all-zero ones).
@@ -188,7 +192,7 @@ class GradualPruning(keras.callbacks.Callback):
         self._after_step = AfterStep(self.fused)
         self._step = None
         self._span = (0, 1)
-        self._channel_masks, self._biases, self._bias_masks = [], [], []
+        self._channel_masks, self._biases, self._bias_masks, self._norms = [], [], [], []
 
     def get_config(self):
         return {
@@ -226,12 +230,18 @@ class GradualPruning(keras.callbacks.Callback):
         del loss
         for layer in self._layers:
             layer.state["schedule_step"].assign_add(1.0)
-        for layer, keep, bias, alive in zip(
-            self._layers, self._channel_masks, self._biases, self._bias_masks, strict=False
+        for layer, keep, bias, alive, norms in zip(
+            self._layers,
+            self._channel_masks,
+            self._biases,
+            self._bias_masks,
+            self._norms,
+            strict=False,
         ):
             layer.kernel.assign(layer.kernel * tf.cast(keep, layer.kernel.dtype))
-            if bias is not None:
-                bias.assign(bias * tf.cast(alive, bias.dtype))
+            for variable in (bias, *norms):
+                if variable is not None:
+                    variable.assign(variable * tf.cast(alive, variable.dtype))
 
     def _update_channels(self, layer, step, fresh):
         """Channel mode: the s(step) fraction of channels with the smallest L2 norm (the
@@ -253,9 +263,10 @@ class GradualPruning(keras.callbacks.Callback):
         layer.kernel.assign(kernel)
         self._channel_masks[index].assign(_from_channel_view(layer, mask, kernel) > 0)
         self._bias_masks[index].assign(~pruned)
-        bias = self._biases[index]
-        if bias is not None:
-            bias.assign(np.where(pruned, 0, bias.numpy()).astype(bias.dtype.as_numpy_dtype))
+        for variable in (self._biases[index], *self._norms[index]):
+            if variable is not None:
+                values = variable.numpy()
+                variable.assign(np.where(pruned, 0, values).astype(values.dtype))
         state, quantizer = layer.state, layer.quantizer
         if changed or (step == self._span[1] and pruned.any()):
             share = min(float(np.mean(kernel == 0)), 1.0 - 1.0 / kernel.size)
@@ -335,10 +346,11 @@ class GradualPruning(keras.callbacks.Callback):
                 ):
                     variables[0].assign(kernel_mask)
                     variables[1].assign(bias_mask)
+            model = trained_model(self.model)
             self._biases = [
-                getattr(trained_model(self.model).get_layer(layer.name).layer, "bias", None)
-                for layer in self._layers
+                getattr(model.get_layer(layer.name).layer, "bias", None) for layer in self._layers
             ]
+            self._norms = _batchnorm_scales(model, self._layers, self._bias_masks)
         self._after_step.install(self.model, self._count, (self.structure.value,))
 
     def _mask_pairs(self):
@@ -391,6 +403,37 @@ class GradualPruning(keras.callbacks.Callback):
                 for layer in self._layers
             )
             say(f"GradualPruning: epoch {epoch}: zeros (now/target) {text}", self.verbose)
+
+
+def _batchnorm_scales(model, layers, masks):
+    """For each of `layers`, the `gamma` and `beta` of the BatchNormalization layers that read
+    only its output over the last axis, one value per channel (`masks` give the count):
+    channel pruning holds them at 0 on the pruned channels, so that the normalized channel is
+    exactly 0 (not the constant `beta`) and `tfq.shrink` can remove it."""
+    readers = {}
+    for reader, source in (edge[:2] for edge in inbound_edges(model)):
+        readers.setdefault(source, []).append(reader)
+    inbound = inbound_layer_names(model)
+    found = []
+    for layer, mask in zip(layers, masks, strict=True):
+        channels = int(mask.shape[0])
+        scales = []
+        for name in readers.get(layer.name, []):
+            outer = model.get_layer(name)
+            norm = getattr(outer, "layer", outer)  # a QuantizeWrapper's layer
+            axis = getattr(norm, "axis", None)
+            axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
+            if (
+                not isinstance(norm, keras.layers.BatchNormalization)
+                or inbound[name] != [layer.name]
+                or axis not in (-1, len(outer.input_shape) - 1)
+            ):
+                continue
+            scales += [
+                v for v in (norm.gamma, norm.beta) if v is not None and v.shape == (channels,)
+            ]
+        found.append(tuple(scales))
+    return found
 
 
 def _channel_view(layer, kernel):
