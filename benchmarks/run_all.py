@@ -45,14 +45,12 @@ _SEEDED_LENETS = [
     "--png",
     "",
 ]
+#: The quick LeNet-5 slice of the structured and allocation entries: 4,000 training and
+#: 1,000 test images, one epoch.
+_QUICK_SLICE = ["--limit", "4000", "--test-limit", "1000", "--epochs", "1"]
 #: Quick settings of the structured LeNet-5 rows (after --models lenet5 --recipes NAME).
 _QUICK_STRUCTURED = [
-    "--limit",
-    "4000",
-    "--test-limit",
-    "1000",
-    "--epochs",
-    "1",
+    *_QUICK_SLICE,
     "--ratios",
     "--schedule",
     "prune",
@@ -253,12 +251,7 @@ BENCHMARKS = {
             "lenet5",
             "--recipes",
             "allocate_bits 400x channels",
-            "--limit",
-            "4000",
-            "--test-limit",
-            "1000",
-            "--epochs",
-            "1",
+            *_QUICK_SLICE,
             "--ratios",
             "400",
             "--channel-sparsities",
