@@ -13,7 +13,7 @@ import dataclasses
 
 import numpy as np
 
-from tfquant._keras import inbound_layer_names, keras, quantized_weights
+from tfquant._keras import consumers, following_batchnorm, keras, quantized_weights
 from tfquant.quantizers.base import TfquantQuantizer, export_codes, safe_step
 
 
@@ -145,37 +145,6 @@ def tflite_layout(kernel, kind):
 
 def _inner(layer):
     return getattr(layer, "layer", layer)
-
-
-def consumers(model):
-    """Layer name -> the layers of `model` that take its output."""
-    out = {}
-    for name, sources in inbound_layer_names(model).items():
-        for source in sources:
-            out.setdefault(source, []).append(model.get_layer(name))
-    return out
-
-
-def following_batchnorm(wrapper, consumers_of):
-    """The BatchNormalization (possibly inside a QuantizeWrapper) that alone consumes the
-    output of `wrapper`'s layer, with no activation in between; else None. `consumers_of` is
-    `consumers(model)`."""
-    inner = _inner(wrapper)
-    activation = getattr(inner, "activation", None)
-    activation = getattr(activation, "activation", activation)  # tfmot's QuantizeAwareActivation
-    name = getattr(activation, "__name__", type(activation).__name__)
-    if activation is not None and name not in ("linear", "NoOpActivation"):
-        return None
-    taking = consumers_of.get(wrapper.name, [])
-    if len(taking) != 1:
-        return None
-    batchnorm = _inner(taking[0])
-    if not isinstance(batchnorm, keras.layers.BatchNormalization):
-        return None
-    axis = batchnorm.axis if isinstance(batchnorm.axis, (list, tuple)) else [batchnorm.axis]
-    if list(axis) not in ([-1], [len(wrapper.output_shape) - 1]):
-        return None
-    return batchnorm
 
 
 def batchnorm_affine(batchnorm):

@@ -293,6 +293,37 @@ def inbound_layer_names(model):
     return inbound
 
 
+def consumers(model):
+    """Layer name -> the layers of `model` that take its output."""
+    out = {}
+    for name, sources in inbound_layer_names(model).items():
+        for source in sources:
+            out.setdefault(source, []).append(model.get_layer(name))
+    return out
+
+
+def following_batchnorm(wrapper, consumers_of):
+    """The BatchNormalization (possibly inside a QuantizeWrapper) that alone consumes the
+    output of `wrapper`'s layer, with no activation in between; else None. `consumers_of` is
+    `consumers(model)`."""
+    inner = getattr(wrapper, "layer", wrapper)
+    activation = getattr(inner, "activation", None)
+    activation = getattr(activation, "activation", activation)  # tfmot's QuantizeAwareActivation
+    name = getattr(activation, "__name__", type(activation).__name__)
+    if activation is not None and name not in ("linear", "NoOpActivation"):
+        return None
+    taking = consumers_of.get(wrapper.name, [])
+    if len(taking) != 1:
+        return None
+    batchnorm = getattr(taking[0], "layer", taking[0])
+    if not isinstance(batchnorm, keras.layers.BatchNormalization):
+        return None
+    axis = batchnorm.axis if isinstance(batchnorm.axis, (list, tuple)) else [batchnorm.axis]
+    if list(axis) not in ([-1], [len(wrapper.output_shape) - 1]):
+        return None
+    return batchnorm
+
+
 def tfmot_layout_transforms():
     """`(default_8bit_transforms module, ModelTransformer class)`: tfmot's private layout
     transforms, which `tfquant.schemes` reuses (one of them renamed)."""

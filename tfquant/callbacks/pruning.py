@@ -8,7 +8,7 @@ the network trains. `GradualPruning` drives each layer's zero interval that way.
 
 import numpy as np
 
-from tfquant._keras import inbound_edges, inbound_layer_names, keras, tf, trained_model
+from tfquant._keras import consumers, following_batchnorm, keras, tf, trained_model
 from tfquant.callbacks.base import AfterStep, batches_per_epoch, multivalued_layers, say
 from tfquant.callbacks.base import check_steps_per_epoch as _check_steps_per_epoch
 from tfquant.options import Division, Mode, Structure
@@ -116,17 +116,17 @@ class GradualPruning(keras.callbacks.Callback):
     al. 2017 ("Pruning Filters for Efficient ConvNets", smallest L2 norm first): each layer's
     `sparsity` is then the fraction of its channels, and at every update the s(step) fraction
     of channels with the smallest L2 kernel norm (channels already all zero first) is set to
-    exactly 0, and so are its bias and, where a BatchNormalization reads only this layer
-    (Conv2D + BatchNorm + ReLU), that channel's `gamma` and `beta` (Li et al. remove the
+    exactly 0, and so are its bias and, where a BatchNormalization alone reads the layer's
+    output (Conv2D + BatchNorm + ReLU), that channel's `gamma` and `beta` (Li et al. remove the
     filter with its bias and its BatchNorm channel): the channel's output is then exactly 0
     in training and inference, where the BatchNorm would otherwise add its offset `beta`,
-    and `tfq.shrink` removes it. (A BatchNorm that also reads other layers keeps its
-    offsets: `tfq.shrink` removes such a channel only where the activation maps that
-    constant to 0.) The zero interval is [-0, 0] (t = 0): exactly the pruned channels' weights
-    quantize to the zero center and get no gradient, and after every batch the pruned
-    channels, biases and BatchNorm scales and offsets are set to 0 again, so the optimizer's
-    momentum cannot move them. The other
-    `levels` - 1 centers are re-divided over the remaining weights. `tfq.shrink` then
+    and `tfq.shrink` removes it. (Elsewhere, e.g. a layer read by a BatchNorm and by another
+    layer, the BatchNorm keeps its offsets: `tfq.shrink` removes such a channel only where
+    the activation maps that constant to 0.) The zero interval is [-0, 0] (t = 0): exactly
+    the pruned channels' weights quantize to the zero center and get no gradient, and after
+    every batch the pruned channels, biases and BatchNorm scales and offsets are set to 0
+    again, so the optimizer's momentum cannot move them. The other `levels` - 1 centers are
+    re-divided over the remaining weights. `tfq.shrink` then
     removes the pruned channels. A resumed run finds its pruned channels from the kernels
     (the all-zero ones).
 
@@ -350,7 +350,7 @@ class GradualPruning(keras.callbacks.Callback):
             self._biases = [
                 getattr(model.get_layer(layer.name).layer, "bias", None) for layer in self._layers
             ]
-            self._norms = _batchnorm_scales(model, self._layers, self._bias_masks)
+            self._norms = _batchnorm_scales(model, self._layers)
         self._after_step.install(self.model, self._count, (self.structure.value,))
 
     def _mask_pairs(self):
@@ -405,34 +405,18 @@ class GradualPruning(keras.callbacks.Callback):
             say(f"GradualPruning: epoch {epoch}: zeros (now/target) {text}", self.verbose)
 
 
-def _batchnorm_scales(model, layers, masks):
-    """For each of `layers`, the `gamma` and `beta` of the BatchNormalization layers that read
-    only its output over the last axis, one value per channel (`masks` give the count):
-    channel pruning holds them at 0 on the pruned channels, so that the normalized channel is
-    exactly 0 (not the constant `beta`) and `tfq.shrink` can remove it."""
-    readers = {}
-    for reader, source in (edge[:2] for edge in inbound_edges(model)):
-        readers.setdefault(source, []).append(reader)
-    inbound = inbound_layer_names(model)
+def _batchnorm_scales(model, layers):
+    """For each of `layers`, the `gamma` and `beta` (those it has) of the BatchNormalization
+    that alone reads its output (the one the export folds): channel pruning holds them at 0
+    on the pruned channels, so that the normalized channel is exactly 0, not the constant
+    `beta`, and `tfq.shrink` can remove it."""
+    consumers_of = consumers(model)
     found = []
-    for layer, mask in zip(layers, masks, strict=True):
-        channels = int(mask.shape[0])
-        scales = []
-        for name in readers.get(layer.name, []):
-            outer = model.get_layer(name)
-            norm = getattr(outer, "layer", outer)  # a QuantizeWrapper's layer
-            axis = getattr(norm, "axis", None)
-            axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
-            if (
-                not isinstance(norm, keras.layers.BatchNormalization)
-                or inbound[name] != [layer.name]
-                or axis not in (-1, len(outer.input_shape) - 1)
-            ):
-                continue
-            scales += [
-                v for v in (norm.gamma, norm.beta) if v is not None and v.shape == (channels,)
-            ]
-        found.append(tuple(scales))
+    for layer in layers:
+        norm = following_batchnorm(model.get_layer(layer.name), consumers_of)
+        found.append(
+            () if norm is None else tuple(v for v in (norm.gamma, norm.beta) if v is not None)
+        )
     return found
 
 
