@@ -138,7 +138,7 @@ ROWS = {
 
 #: The fraction of each residual block's inner channels the "channels" rows remove: the
 #: blocks hold all but ~1 % of ResNet-20's multiply-accumulates and both of a block's convs
-#: scale with its inner width, so 0.55 (16 -> 7, 32 -> 14, 64 -> 29 channels) removes ~54 %.
+#: scale with its inner width, so 0.55 (16 -> 7, 32 -> 14, 64 -> 29 channels) removes 55 %.
 CHANNEL_FRACTION = 0.55
 
 
