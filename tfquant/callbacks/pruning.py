@@ -192,7 +192,7 @@ class GradualPruning(keras.callbacks.Callback):
         self._after_step = AfterStep(self.fused)
         self._step = None
         self._span = (0, 1)
-        self._channel_masks, self._biases, self._bias_masks, self._norms = [], [], [], []
+        self._channel_masks, self._bias_masks, self._channel_vectors = [], [], []
 
     def get_config(self):
         return {
@@ -230,18 +230,12 @@ class GradualPruning(keras.callbacks.Callback):
         del loss
         for layer in self._layers:
             layer.state["schedule_step"].assign_add(1.0)
-        for layer, keep, bias, alive, norms in zip(
-            self._layers,
-            self._channel_masks,
-            self._biases,
-            self._bias_masks,
-            self._norms,
-            strict=False,
+        for layer, keep, alive, vectors in zip(
+            self._layers, self._channel_masks, self._bias_masks, self._channel_vectors, strict=False
         ):
             layer.kernel.assign(layer.kernel * tf.cast(keep, layer.kernel.dtype))
-            for variable in (bias, *norms):
-                if variable is not None:
-                    variable.assign(variable * tf.cast(alive, variable.dtype))
+            for variable in vectors:
+                variable.assign(variable * tf.cast(alive, variable.dtype))
 
     def _update_channels(self, layer, step, fresh):
         """Channel mode: the s(step) fraction of channels with the smallest L2 norm (the
@@ -263,10 +257,9 @@ class GradualPruning(keras.callbacks.Callback):
         layer.kernel.assign(kernel)
         self._channel_masks[index].assign(_from_channel_view(layer, mask, kernel) > 0)
         self._bias_masks[index].assign(~pruned)
-        for variable in (self._biases[index], *self._norms[index]):
-            if variable is not None:
-                values = variable.numpy()
-                variable.assign(np.where(pruned, 0, values).astype(values.dtype))
+        for variable in self._channel_vectors[index]:
+            values = variable.numpy()
+            variable.assign(np.where(pruned, 0, values).astype(values.dtype))
         state, quantizer = layer.state, layer.quantizer
         if changed or (step == self._span[1] and pruned.any()):
             share = min(float(np.mean(kernel == 0)), 1.0 - 1.0 / kernel.size)
@@ -346,11 +339,7 @@ class GradualPruning(keras.callbacks.Callback):
                 ):
                     variables[0].assign(kernel_mask)
                     variables[1].assign(bias_mask)
-            model = trained_model(self.model)
-            self._biases = [
-                getattr(model.get_layer(layer.name).layer, "bias", None) for layer in self._layers
-            ]
-            self._norms = _batchnorm_scales(model, self._layers)
+            self._channel_vectors = _channel_vectors(trained_model(self.model), self._layers)
         self._after_step.install(self.model, self._count, (self.structure.value,))
 
     def _mask_pairs(self):
@@ -405,18 +394,20 @@ class GradualPruning(keras.callbacks.Callback):
             say(f"GradualPruning: epoch {epoch}: zeros (now/target) {text}", self.verbose)
 
 
-def _batchnorm_scales(model, layers):
-    """For each of `layers`, the `gamma` and `beta` (those it has) of the BatchNormalization
-    that alone reads its output (the one the export folds): channel pruning holds them at 0
-    on the pruned channels, so that the normalized channel is exactly 0, not the constant
-    `beta`, and `tfq.shrink` can remove it."""
+def _channel_vectors(model, layers):
+    """For each of `layers`, the per-channel variables that channel pruning holds at 0 on the
+    pruned channels: its bias, and the `gamma` and `beta` of the BatchNormalization that
+    alone reads its output (the one the export folds), so that the normalized channel is
+    exactly 0, not the constant `beta`, and `tfq.shrink` can remove it. Those it has."""
     consumers_of = consumers(model)
     found = []
     for layer in layers:
-        norm = following_batchnorm(model.get_layer(layer.name), consumers_of)
-        found.append(
-            () if norm is None else tuple(v for v in (norm.gamma, norm.beta) if v is not None)
-        )
+        wrapper = model.get_layer(layer.name)
+        norm = following_batchnorm(wrapper, consumers_of)
+        candidates = (getattr(wrapper.layer, "bias", None),)
+        if norm is not None:
+            candidates += (norm.gamma, norm.beta)
+        found.append(tuple(v for v in candidates if v is not None))
     return found
 
 
