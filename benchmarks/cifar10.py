@@ -65,6 +65,7 @@ from tfquant.models.augment import shifted_and_flipped
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402
 from peers import tfmot_qat, tfmot_tflite  # noqa: E402
+from timing import interleaved_median_us  # noqa: E402
 
 BATCH = 128
 
@@ -235,13 +236,16 @@ def _inner_convs(float_model):
     return convs[1::2]
 
 
-def _latency(files, rounds=5):
-    """Median µs of each int8 file (1 thread, interleaved rounds)."""
-    times = {key: [] for key in files}
-    for _ in range(rounds):
-        for key, tfl in files.items():
-            times[key].append(export.benchmark(tfl, runs=100, warmup=20, threads=1)["median_us"])
-    return {key: float(np.median(values)) for key, values in times.items()}
+def _container_fields(model, float_model):
+    """The ANS container's bytes and ratio to the float net's float32 weights, and the
+    distinct values per quantized layer, of the QAT `model`."""
+    coded = tfq.coding.compress(model).to_bytes()
+    float_bytes = 4 * sum(int(np.prod(w.shape)) for w in float_model.weights)
+    return {
+        "coded_bytes": len(coded),
+        "ratio": float_bytes / len(coded),
+        "distinct_per_layer": [r.distinct for r in tfq.summary(model, print_fn=None)],
+    }
 
 
 def _channels_row(float_model, distill, data, args, record):
@@ -261,10 +265,9 @@ def _channels_row(float_model, distill, data, args, record):
         "full": export.to_tflite(model, calibration),
         "shrunk": export.to_tflite(shrunk, calibration),
     }
-    latency = _latency(files)
+    latency = interleaved_median_us(files, rounds=5, runs=100, warmup=20)
     before, after = multiply_accumulates(model), multiply_accumulates(shrunk)
-    coded = tfq.coding.compress(shrunk).to_bytes()
-    float_bytes = 4 * sum(int(np.prod(w.shape)) for w in float_model.weights)
+    record.update(_container_fields(shrunk, float_model))
     record.update(
         channel_fraction=CHANNEL_FRACTION,
         distillation=distill,
@@ -278,9 +281,6 @@ def _channels_row(float_model, distill, data, args, record):
         latency_us_full=latency["full"],
         latency_us_shrunk=latency["shrunk"],
         latency_ratio=latency["shrunk"] / latency["full"],
-        coded_bytes=len(coded),
-        ratio=float_bytes / len(coded),
-        distinct_per_layer=[r.distinct for r in tfq.summary(shrunk, print_fn=None)],
     )
     return shrunk, files["shrunk"]
 
@@ -329,11 +329,7 @@ def _run_row(name, float_model, data, args):
             return record
         _fit(model, x, y, args, callbacks)
         tfl = export.to_tflite(model, calibration)
-        coded = tfq.coding.compress(model).to_bytes()
-        float_bytes = 4 * sum(int(np.prod(w.shape)) for w in float_model.weights)
-        record["coded_bytes"] = len(coded)
-        record["ratio"] = float_bytes / len(coded)
-        record["distinct_per_layer"] = [r.distinct for r in tfq.summary(model, print_fn=None)]
+        record.update(_container_fields(model, float_model))
     record["minutes"] = clock.minutes()
     record["keras_accuracy"] = _keras_accuracy(model, x_test, y_test)
     if tfl is not None:

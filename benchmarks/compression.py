@@ -32,6 +32,7 @@ import gzip
 import json
 import math
 import os
+import sys
 import time
 import typing
 
@@ -40,6 +41,9 @@ import numpy as np
 import tfquant as tfq
 from tfquant._keras import quantized_weights
 from tfquant.models import compile_classifier, datasets
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import interleaved_median_us  # noqa: E402
 
 keras = tfq.keras
 
@@ -332,11 +336,8 @@ def _shrunk_fields(qmodel, train, test, args):
         "full": export.to_tflite(qmodel, calibration),
         "shrunk": export.to_tflite(shrunk, calibration),
     }
-    timings = {key: [] for key in files}
-    for _ in range(args.latency_rounds):
-        for key, tfl in files.items():
-            timings[key].append(export.benchmark(tfl, runs=200, warmup=30, threads=1)["median_us"])
-    full_us, shrunk_us = (float(np.median(timings[key])) for key in ("full", "shrunk"))
+    latency = interleaved_median_us(files, args.latency_rounds, runs=200, warmup=30)
+    full_us, shrunk_us = latency["full"], latency["shrunk"]
     return shrunk, {
         "shrunk_identical": identical,
         "shrunk_max_abs_diff": float(np.max(np.abs(before - after))),

@@ -24,6 +24,7 @@ from tfquant.models import compile_classifier, datasets, lenet5
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from peers import tfmot_tflite  # noqa: E402
+from timing import interleaved_median_us  # noqa: E402
 
 
 def _tfmot_int8(float_model, x, y, calibration):
@@ -116,11 +117,7 @@ def main(argv=None):
             name="tfquant uniform 4-bit/layer INT4",
         ),
     }
-    timings = {name: [] for name in models}
-    for _ in range(args.rounds):
-        for name, tfl in models.items():
-            result = export.benchmark(tfl, runs=args.runs, warmup=30, threads=args.threads)
-            timings[name].append(result["median_us"])
+    medians = interleaved_median_us(models, args.rounds, args.runs, 30, args.threads)
     reference = "tfmot QAT int8"
     rows = []
     for name, tfl in models.items():
@@ -131,7 +128,7 @@ def main(argv=None):
                 "bytes": len(tfl),
                 "int4_fraction": flatbuffer.int4_fraction(tfl),
                 "int8_file_bytes": _SAME_MODEL_INT8_BYTES.get(name),
-                "median_us": float(np.median(timings[name])),
+                "median_us": medians[name],
                 "accuracy": accuracy,
                 "ops": _ops(tfl),
             }
